@@ -1,7 +1,6 @@
 """Interactive explorers (ipywidgets + matplotlib). Each takes the function it visualizes, the student's,
 with lowbit's reference as the default. Without a widget front end they render one static figure.
 """
-"""
 from __future__ import annotations
 
 import importlib

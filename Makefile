@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/jupyter labextension list >/dev/null 2>&1 || true
 	@touch $(STAMP)
 
+# Jupyter refuses to run as root without --allow-root (containers, CI images).
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+JUPYTER_ARGS ?=
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab labs/
+	$(BIN)/jupyter lab --notebook-dir=labs $(ROOT_FLAG) $(JUPYTER_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup

@@ -183,7 +183,7 @@ def check_symmetric_qparams(fn) -> None:
     with suite.check("restricted is the default"):
         expect_close(float(fn(1.27, 8)), 0.01, "symmetric_qparams(1.27, 8)", rtol=1e-6)
     with suite.check("full range divides by 2^(b-1)"):
-        for bits in range(1, 9):
+        for bits in range(2, 9):
             expect_close(float(fn(2.5, bits, False)), 2.5 / 2 ** (bits - 1), f"symmetric_qparams(2.5, {bits}, restricted=False)", rtol=1e-6)
     with suite.check("zero abs_max gives scale 1.0, never 0"):
         expect_close(float(fn(0.0, 8, True)), 1.0, "symmetric_qparams(0.0, 8)", rtol=0)

@@ -1,0 +1,46 @@
+"""``autograder check NOTEBOOK``: a student's preview of grading, with the visible tests only.
+
+Runs exactly like grading — only the setup (locked) cells and your answer cells execute, in a separate
+process; experiment and widget cells are skipped — then the visible tests of each graded cell run against
+your functions. Hidden checks are not available to you, so passing here is necessary, not sufficient.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .runner import Course, Lab, grade_submission
+from .sandbox import Limits, bwrap_problem
+
+
+def check_notebook(notebook: Path, course_root: Path, lab_name: str | None = None, sandboxed: bool = False) -> int:
+    """Print which visible tests pass; returns 0 when all pass, 1 otherwise, 2 on unusable input."""
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        print(f"no such notebook: {notebook}", file=sys.stderr)
+        return 2
+    lab_name = lab_name or notebook.stem
+    course = Course.load(course_root)
+    released = course.released_notebook(lab_name)
+    if not released.is_file():
+        print(f"unknown lab {lab_name!r}: {released} does not exist (pass --lab NAME)", file=sys.stderr)
+        return 2
+    course.activate()
+    # The student's view: the released notebook is both the "source" (visible tests only) and the reference.
+    lab = Lab(lab_name, released.read_bytes(), released.read_bytes(), b"", [])
+    mode = "bwrap" if sandboxed and bwrap_problem() is None else "unsafe"
+    print(f"Checking {notebook} like the grader does: only setup and answer cells run "
+          "(experiment/widget cells are skipped); visible tests only — hidden tests run at grading time.")
+    start = time.perf_counter()
+    result = grade_submission(lab, notebook.read_bytes(), mode, Limits(), course.sandbox_paths)
+    for reason in result["reasons"]:
+        print(f"  note: {reason}")
+    for cell in result["cells"]:
+        print(f"  [{'PASS' if cell['passed'] else 'FAIL'}] {cell['grade_id']} ({cell['max_score']:g} pt)")
+        if not cell["passed"]:
+            print("      " + cell["message"].strip().replace("\n", "\n      ")[:1500])
+    left = [c["grade_id"] for c in result["cells"] if not c["passed"]]
+    print(f"{len(result['cells']) - len(left)} of {len(result['cells'])} visible tests pass "
+          f"({time.perf_counter() - start:.1f} s). " + (f"Left to do: {', '.join(left)}" if left else "All done."))
+    return 0 if not left and result["status"] not in ("invalid-notebook",) else 1

@@ -1,0 +1,221 @@
+"""``autograder grade``: grade a whole class, in parallel, resumable, with CSV, feedback and gradebook."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import feedback
+from .gradebook import write_gradebook
+from .notebook import build_plan, parse_notebook
+from .runner import Course, Lab, grade_submission
+from .sandbox import Limits, bwrap_problem
+from .submissions import Submission, discover, unpack_zip
+
+STATUSES = ("ok", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
+FIXED_COLUMNS = ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox"]
+
+
+class GradingRefused(RuntimeError):
+    """The run cannot start (no sandbox and no --unsafe, missing lab files, ...)."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as sink:
+        sink.write(data)
+    os.replace(tmp, path)
+
+
+def result_key(data: bytes, lab_fingerprint: str, mode: str, limits: Limits) -> str:
+    digest = hashlib.sha256()
+    for part in (data, lab_fingerprint.encode(), mode.encode(), json.dumps(asdict(limits), sort_keys=True).encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
+
+
+# -- pool side -----------------------------------------------------------------------------------------
+_POOL_LAB: Lab | None = None
+_POOL_COURSE: Course | None = None
+
+
+def _pool_init(course_root: str, lab: str) -> None:
+    global _POOL_LAB, _POOL_COURSE
+    os.environ["NBGRADER_EXECUTION"] = "autograde"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import torch
+    torch.set_num_threads(1)
+    _POOL_COURSE = Course.load(course_root)
+    _POOL_LAB = Lab.load(_POOL_COURSE, lab)
+
+
+def _pool_grade(student_id: str, path: str, mode: str, limits: Limits) -> tuple[str, dict]:
+    data = Path(path).read_bytes()
+    try:
+        result = grade_submission(_POOL_LAB, data, mode, limits, _POOL_COURSE.sandbox_paths)
+    except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the whole class
+        result = {"lab": _POOL_LAB.name, "sandbox": mode, "status": "crashed", "score": 0.0, "max_score": 0.0,
+                  "reasons": [f"grader error {type(exc).__name__}: {exc}"], "cells": [], "answers": [],
+                  "manual": []}
+    return student_id, result
+
+
+# -- main side -----------------------------------------------------------------------------------------
+def _missing_result(lab: Lab, mode: str, problem: str) -> dict:
+    released = parse_notebook(lab.released_bytes)
+    plan = build_plan(released, released, {"cells": []})
+    cells = [{"grade_id": t.grade_id, "score": 0.0, "max_score": t.points, "passed": False,
+              "message": "not graded: " + problem, "checks": [], "visible_source": t.visible} for t in plan.tests]
+    return {"lab": lab.name, "sandbox": mode, "status": "invalid-notebook", "reasons": [problem], "cells": cells,
+            "answers": [], "manual": [{"grade_id": g, "max_score": p} for g, p in plan.manual],
+            "score": 0.0, "max_score": sum(t.points for t in plan.tests)}
+
+
+def choose_mode(unsafe: bool) -> str:
+    problem = bwrap_problem()
+    if problem is None:
+        return "bwrap"
+    if unsafe:
+        print(f"WARNING: grading WITHOUT a sandbox (--unsafe): {problem}", file=sys.stderr)
+        return "unsafe"
+    raise GradingRefused(f"cannot sandbox student code: {problem}. Install bubblewrap, or pass --unsafe to run "
+                         "student code unconfined (grades are then marked sandbox=unsafe).")
+
+
+def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, jobs: int | None = None,
+                force: bool = False, unsafe: bool = False, limits: Limits = Limits(),
+                progress: bool = True) -> dict[str, dict]:
+    """Grade every submission of ``lab_name`` under ``submissions`` into ``out``; returns student -> result."""
+    mode = choose_mode(unsafe)
+    bin_dir = str(Path(sys.executable).parent)  # nbgrader's Gradebook runs `alembic` from PATH
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    course = Course.load(course_root)
+    lab = Lab.load(course, lab_name)
+    fingerprint = lab.fingerprint()
+    out = Path(out)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lowbit-zip-") as unzip_dir:
+        root = Path(submissions)
+        if root.is_file() and root.suffix == ".zip":
+            root = unpack_zip(root, Path(unzip_dir))
+        elif not root.is_dir():
+            raise GradingRefused(f"{root} is neither a folder of submissions nor a .zip")
+        found = discover(root, lab_name)
+        results, todo = _reuse_cached(found, lab, fingerprint, mode, limits, out, force)
+        _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results)
+    write_outputs(lab, course, out, results)
+    print(summary(results), file=sys.stderr)
+    return results
+
+
+def _result_path(out: Path, student_id: str) -> Path:
+    return out / "results" / f"{student_id}.json"
+
+
+def _reuse_cached(found: list[Submission], lab: Lab, fingerprint: str, mode: str, limits: Limits, out: Path,
+                  force: bool) -> tuple[dict[str, dict], list[tuple[Submission, str]]]:
+    results: dict[str, dict] = {}
+    todo = []
+    for sub in found:
+        if sub.student_id in results or any(s.student_id == sub.student_id for s, _ in todo):
+            continue
+        data = sub.path.read_bytes() if sub.path else sub.problem.encode()
+        key = result_key(data, fingerprint, mode, limits)
+        cached = _result_path(out, sub.student_id)
+        if not force and cached.is_file():
+            try:
+                record = json.loads(cached.read_text())
+                if record.get("key") == key:
+                    results[sub.student_id] = record["result"]
+                    continue
+            except (ValueError, KeyError):
+                pass
+        if sub.path is None:
+            result = _missing_result(lab, mode, sub.problem)
+            _save(out, sub.student_id, key, result)
+            results[sub.student_id] = result
+            continue
+        todo.append((sub, key))
+    return results, todo
+
+
+def _save(out: Path, student_id: str, key: str, result: dict) -> None:
+    atomic_write(_result_path(out, student_id), json.dumps({"key": key, "result": result}, sort_keys=True,
+                                                           indent=1).encode())
+
+
+def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode: str, limits: Limits, out: Path,
+                   jobs: int | None, progress: bool, results: dict[str, dict]) -> None:
+    if not todo:
+        return
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
+                             initargs=(str(course.root), lab.name)) as pool:
+        futures = {pool.submit(_pool_grade, sub.student_id, str(sub.path), mode, limits): (sub, key)
+                   for sub, key in todo}
+        bar = tqdm(total=len(futures), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
+        for future in as_completed(futures):
+            sub, key = futures[future]
+            _, result = future.result()
+            if sub.problem:
+                result["reasons"] = [sub.problem, *result["reasons"]]
+            _save(out, sub.student_id, key, result)
+            results[sub.student_id] = result
+            bar.update(1)
+        bar.close()
+
+
+def test_columns(lab: Lab) -> tuple[list[tuple[str, float]], list[tuple[str, float]], list[str]]:
+    source = parse_notebook(lab.source_bytes)
+    plan = build_plan(source, parse_notebook(lab.released_bytes), source)
+    return [(t.grade_id, t.points) for t in plan.tests], plan.manual, [g for g, k, _ in plan.answers if k == "code"]
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def grades_csv(lab: Lab, results: dict[str, dict]) -> bytes:
+    """The class CSV: sorted rows, fixed float format, no timestamps — same inputs, same bytes."""
+    tests, _, _ = test_columns(lab)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(FIXED_COLUMNS + [gid for gid, _ in tests])
+    for student_id in sorted(results):
+        result = results[student_id]
+        scores = {c["grade_id"]: c["score"] for c in result["cells"]}
+        writer.writerow([student_id, lab.name, _number(result["score"]), _number(result["max_score"]),
+                         result["status"], "; ".join(result["reasons"]), result["sandbox"]]
+                        + [_number(scores.get(gid, 0.0)) for gid, _ in tests])
+    return buffer.getvalue().encode()
+
+
+def write_outputs(lab: Lab, course: Course, out: Path, results: dict[str, dict]) -> None:
+    atomic_write(out / "grades.csv", grades_csv(lab, results))
+    for student_id, result in results.items():
+        atomic_write(out / "feedback" / student_id / f"{lab.name}.html", feedback.render(student_id, result).encode())
+    tests, manual, answers = test_columns(lab)
+    write_gradebook(out / "gradebook.db", lab.name, tests, manual, answers, results)
+
+
+def summary(results: dict[str, dict]) -> str:
+    counts = Counter(r["status"] for r in results.values())
+    scores = [r["score"] for r in results.values()]
+    mean = sum(scores) / len(scores) if scores else 0.0
+    maximum = max((r["max_score"] for r in results.values()), default=0.0)
+    parts = ", ".join(f"{status}: {counts[status]}" for status in STATUSES if counts[status])
+    return f"{len(results)} submissions graded — {parts or 'none'}; mean score {mean:.2f} / {maximum:.2f}"

@@ -1,0 +1,340 @@
+"""Grade one submission: sandboxed student code, trusted test cells talking to it through proxies.
+
+The trusted side never executes student code and never reads a test cell from the submission: test and
+setup cells come from the source notebook; the student's functions are :class:`Proxy` objects whose calls
+cross the wire as plain data (see :mod:`autograder.wire`).
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import importlib
+import json
+import random
+import re
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import wire
+from .checks import _api, add_checks_path, find_check_module
+from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
+from .sandbox import BREACHES, Breach, Limits, Sandbox
+
+GRADER_VERSION = "1"
+STATUS_ORDER = ("invalid-notebook", "timeout", "memory", "crashed", "flagged", "tampered", "ok")
+_MAGIC_LINE = re.compile(r"^(\s*)[%!]")
+
+
+@dataclass(frozen=True)
+class Course:
+    """Where a course's notebooks, checks and sandbox-visible packages live."""
+
+    root: Path
+    checks_paths: tuple[Path, ...] = ()
+    sandbox_paths: tuple[Path, ...] = ()
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Course":
+        """Read optional ``<root>/autograder.json`` {"checks_path": str, "sandbox_paths": [str]}."""
+        root = Path(root).resolve()
+        config_file = root / "autograder.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        checks = (root / config["checks_path"],) if config.get("checks_path") else ()
+        return cls(root, checks, tuple(root / p for p in config.get("sandbox_paths", [])))
+
+    def source_notebook(self, lab: str) -> Path:
+        return self.root / "solutions" / lab / f"{lab}.ipynb"
+
+    def released_notebook(self, lab: str) -> Path:
+        return self.root / "labs" / lab / f"{lab}.ipynb"
+
+    def activate(self) -> None:
+        """Make checks and course packages importable in this (trusted) process."""
+        for path in self.checks_paths:
+            add_checks_path(path)
+        for path in self.sandbox_paths:
+            if str(path) not in sys.path:
+                sys.path.insert(0, str(path))
+
+
+@dataclass
+class Lab:
+    """A lab ready to grade: its notebooks (bytes and parsed) and its check module."""
+
+    name: str
+    source_bytes: bytes
+    released_bytes: bytes
+    checks_bytes: bytes
+    protected: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, course: Course, name: str) -> "Lab":
+        course.activate()
+        source, released = course.source_notebook(name), course.released_notebook(name)
+        for path in (source, released):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; run `python -m autograder release {name}` first")
+        module_file = find_check_module(name)
+        protected: list[str] = []
+        if module_file is not None:
+            module = importlib.import_module(f"autograder.checks.{name}")
+            protected = list(getattr(module, "PROTECTED_REFERENCES", []))
+        return cls(name, source.read_bytes(), released.read_bytes(),
+                   module_file.read_bytes() if module_file else b"", protected)
+
+    def fingerprint(self) -> str:
+        """Hash of everything besides the submission that decides a grade."""
+        digest = hashlib.sha256()
+        for part in (self.source_bytes, self.released_bytes, self.checks_bytes, _grader_source_bytes()):
+            digest.update(hashlib.sha256(part).digest())
+        return digest.hexdigest()
+
+
+def _grader_source_bytes() -> bytes:
+    here = Path(__file__).resolve().parent
+    files = sorted(p for p in here.glob("*.py")) + sorted((here / "checks").glob("_*.py"))
+    return GRADER_VERSION.encode() + b"".join(p.read_bytes() for p in files)
+
+
+def strip_magics(source: str) -> str:
+    if source.lstrip().startswith("%%"):
+        return ""
+    return "\n".join(_MAGIC_LINE.sub(r"\1pass  # ", line) if _MAGIC_LINE.match(line) else line
+                     for line in source.splitlines())
+
+
+# -- proxies ------------------------------------------------------------------------------------------
+class StudentError(Exception):
+    """Base of exceptions re-raised on the trusted side for errors inside the student's code."""
+
+    student_traceback = ""
+
+
+_ERROR_CLASSES: dict[str, type] = {}
+
+
+def student_exception(error: dict) -> BaseException:
+    """An exception mirroring the student's: a subclass of the same builtin type when there is one."""
+    name = str(error.get("type", "Exception"))[:100]
+    base = getattr(builtins, name, None)
+    if not (error.get("builtin") and isinstance(base, type) and issubclass(base, Exception)):
+        base = RuntimeError
+    if name not in _ERROR_CLASSES or _ERROR_CLASSES[name].__bases__[0] is not base:
+        _ERROR_CLASSES[name] = type(name, (base, StudentError), {"__module__": "student"})
+    exc = _ERROR_CLASSES[name](str(error.get("message", ""))[:4000])
+    exc.student_traceback = str(error.get("traceback", ""))[-6000:]
+    return exc
+
+
+class Proxy:
+    """Stands for a student's function on the trusted side; every call runs in the sandbox."""
+
+    def __init__(self, name: str, sandbox: Sandbox, events: list[str]) -> None:
+        self._name, self._sandbox, self._events = name, sandbox, events
+        self.__name__ = name
+
+    def __repr__(self) -> str:
+        return f"<student function {self._name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            payload = {"args": wire.encode(list(args)), "kwargs": wire.encode(dict(kwargs))}
+        except wire.WireError as exc:
+            raise TypeError(f"test passes an argument that cannot be sent to the sandbox: {exc}") from None
+        reply = self._sandbox.request("call", name=self._name, **payload)
+        if not reply.get("ok"):
+            error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+            if error.get("memory"):
+                self._events.append("memory")
+            raise student_exception(error)
+        try:
+            value = wire.decode(reply.get("value"))
+        except wire.WireError as exc:
+            raise AssertionError(f"{self._name} returned a value the grader cannot accept: {exc}") from None
+        mutated = reply.get("mutated") or []
+        if mutated:
+            which = ", ".join(f"argument {m}" if isinstance(m, int) else f"argument {m!r}" for m in mutated[:5])
+            raise AssertionError(f"{self._name} modified its input {which} in place; work on a copy instead")
+        return value
+
+
+# -- grading one submission ---------------------------------------------------------------------------
+def referenced_names(sources: list[str]) -> set[str]:
+    names: set[str] = set()
+    for source in sources:
+        try:
+            tree = ast.parse(strip_magics(source))
+        except SyntaxError:
+            continue
+        names.update(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
+    return names
+
+
+def seed_all(seed: int = 0) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_setup(setup_sources: list[str]) -> dict:
+    """Run the source notebook's setup cells on the trusted side; returns the namespace."""
+    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    seed_all()
+    for index, source in enumerate(setup_sources):
+        exec(compile(strip_magics(source), f"<setup {index}>", "exec"), namespace)  # noqa: S102 - trusted source
+    return namespace
+
+
+def explain_failure(exc: BaseException, test: TestCell) -> str:
+    """Feedback text for a failed test cell — never hidden test code, never trusted tracebacks."""
+    filename = f"<test {test.grade_id}>"
+    line_no = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == filename:
+            line_no = lineno
+    lines = test.source.splitlines()
+    hidden_start = next((i for i, l in enumerate(lines) if "### BEGIN HIDDEN TESTS" in l), len(lines))
+    where = ""
+    if line_no is not None and line_no - 1 < hidden_start:
+        where = f"visible test line {line_no}: {lines[line_no - 1].strip()}\n"
+    elif line_no is not None:
+        where = "in the hidden checks\n"
+    if isinstance(exc, StudentError):
+        text = f"{where}your code raised {type(exc).__name__}: {exc}"
+        if exc.student_traceback:
+            text += f"\n{exc.student_traceback.rstrip()}"
+        return text
+    if isinstance(exc, AssertionError):
+        return f"{where}{exc}".strip() or "assertion failed"
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
+def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
+                     sandbox_paths: tuple[Path, ...] = ()) -> dict:
+    """Grade one submission's bytes. Never raises for anything the submission does."""
+    source_nb = parse_notebook(lab.source_bytes)
+    released_nb = parse_notebook(lab.released_bytes)
+    result: dict = {"lab": lab.name, "sandbox": mode, "status": "ok", "reasons": [], "cells": [], "answers": [],
+                    "manual": []}
+    try:
+        submission = parse_notebook(data)
+    except InvalidNotebook as exc:
+        return _invalid(result, released_nb, str(exc))
+    plan = build_plan(source_nb, released_nb, submission)
+    result["answers"] = [{"grade_id": g, "type": t, "source": s} for g, t, s in plan.answers]
+    result["manual"] = [{"grade_id": g, "max_score": p} for g, p in plan.manual]
+    statuses: list[str] = []
+    reasons: list[str] = list(plan.notes)
+    if plan.duplicated:
+        statuses.append("flagged")
+        reasons.append("duplicated graded cells (first one used): " + ", ".join(plan.duplicated))
+    if plan.tampered:
+        statuses.append("tampered")
+        reasons.append("edited locked/test cells (restored from the source): " + ", ".join(plan.tampered))
+    scan = scan_answers(plan.answers, lab.protected)
+    if scan:
+        statuses.append("flagged")
+        reasons.extend(scan)
+    cells, breach, events, hits = _run_tests(plan, lab, mode, limits, sandbox_paths)
+    if hits:
+        statuses.append("flagged")
+        reasons.append("called protected reference implementation(s): " + ", ".join(sorted(set(hits))))
+    if breach is not None:
+        statuses.append(breach.status)
+        reasons.append(breach.reason)
+    if "memory" in events:
+        statuses.append("memory")
+        reasons.append(f"the student's code ran out of memory (limit {limits.memory_bytes >> 20} MiB)")
+    result["cells"] = cells
+    result["status"] = min(statuses or ["ok"], key=STATUS_ORDER.index)
+    result["reasons"] = list(dict.fromkeys(reasons))
+    result["score"] = sum(c["score"] for c in cells)
+    result["max_score"] = sum(c["max_score"] for c in cells)
+    return result
+
+
+def _invalid(result: dict, released_nb: dict, reason: str) -> dict:
+    plan = build_plan(released_nb, released_nb, {"cells": []})
+    result.update(status="invalid-notebook", reasons=[reason], score=0.0,
+                  cells=[_cell(t, 0.0, False, "not graded: " + reason, []) for t in plan.tests],
+                  manual=[{"grade_id": g, "max_score": p} for g, p in plan.manual])
+    result["max_score"] = sum(t.points for t in plan.tests)
+    return result
+
+
+def _cell(test: TestCell, score: float, passed: bool, message: str, checks: list[dict]) -> dict:
+    return {"grade_id": test.grade_id, "score": score, "max_score": test.points, "passed": passed,
+            "message": message, "checks": checks, "visible_source": test.visible}
+
+
+def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: tuple[Path, ...]):
+    cells: list[dict] = []
+    events: list[str] = []
+    breach: Breach | None = None
+    sandbox = Sandbox(mode, limits, list(sandbox_paths))
+    try:
+        sandbox.send({"cells": plan.worker_cells, "protected": lab.protected, "sys_path": sandbox.sys_path()})
+        ready = sandbox.receive(limits.wall_seconds)
+        cell_errors = {c.get("key"): c.get("error") for c in ready.get("cells", []) if isinstance(c, dict)
+                       and not c.get("ok")}
+        if any(isinstance(e, dict) and e.get("memory") for e in cell_errors.values()):
+            events.append("memory")
+        namespace = run_setup(plan.setup_sources)
+        setup_names = set(namespace)
+        student_names = ready.get("names") if isinstance(ready.get("names"), dict) else {}
+        wanted = referenced_names([t.source for t in plan.tests])
+        for name, kind in sorted(student_names.items()):
+            if not isinstance(name, str) or name not in wanted or name in setup_names:
+                continue
+            if kind == "callable":
+                namespace[name] = Proxy(name, sandbox, events)
+            else:
+                reply = sandbox.request("get", name=name)
+                if reply.get("ok"):
+                    try:
+                        namespace[name] = wire.decode(reply.get("value"))
+                    except wire.WireError:
+                        pass
+        for test in plan.tests:
+            if breach is not None:
+                cells.append(_cell(test, 0.0, False, f"not graded: {breach.status} earlier ({breach.reason})", []))
+                continue
+            try:
+                cells.append(_run_test(test, namespace))
+            except Breach as exc:
+                breach = exc
+                cells.append(_cell(test, 0.0, False, f"{exc.status}: {exc.reason}", list(_api.RECORDER)))
+        if cell_errors:
+            for key, error in cell_errors.items():
+                if isinstance(error, dict):
+                    for cell in cells:
+                        if not cell["passed"] and "not defined" in cell["message"]:
+                            cell["message"] += f"\n(cell {key} failed: {error.get('type')}: {error.get('message')})"
+    except Breach as exc:
+        breach = exc
+        cells = [_cell(t, 0.0, False, f"not graded: {exc.status} ({exc.reason})", []) for t in plan.tests]
+    finally:
+        hits = list(sandbox.tripwire_hits)
+        sandbox.close()
+    return cells, breach, events, hits
+
+
+def _run_test(test: TestCell, namespace: dict) -> dict:
+    if test.missing_reason:
+        return _cell(test, 0.0, False, test.missing_reason, [])
+    _api.RECORDER.clear()
+    seed_all()
+    try:
+        exec(compile(strip_magics(test.source), f"<test {test.grade_id}>", "exec"), namespace)  # noqa: S102
+    except Breach:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of a test cell is a failed cell
+        return _cell(test, 0.0, False, explain_failure(exc, test), list(_api.RECORDER))
+    return _cell(test, test.points, True, "", list(_api.RECORDER))

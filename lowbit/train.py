@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from lowbit.utils import device as default_device
@@ -143,13 +144,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _full_test_loader(batch_size: int):
+def _full_test_loader(batch_size: int) -> DataLoader | None:
+    """The full 10,000-image test set when it is on disk, else ``None``."""
     from lowbit import data
 
     if data.find_full_dataset() is None:
         return None
     images, labels = data.load_fashion_mnist("test", "full")
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=512)
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -365,20 +365,20 @@ check_per_channel_qparams(per_channel_qparams)
 def fake_quantize_per_group(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, float]:
     """Fake-quantize `w` with one symmetric, restricted-range fp32 scale per group.
 
-    Each row w[i] (w flattened to [w.shape[0], -1]) is cut into groups of `group_size` consecutive
-    elements; the last group of a row may be shorter. Each group g gets S_g = max|w_g| / (2^(b-1) - 1)
+    Each row w[i] (w reshaped to [w.shape[0], -1]; a 1-d w is a single row) is cut into groups of
+    `group_size` consecutive elements; the last group of a row may be shorter. Each group g gets S_g = max|w_g| / (2^(b-1) - 1)
     (1.0 for an all-zero group) and is quantized with round-half-to-even and clamping, then dequantized.
     Vectorize: pad each row to a multiple of group_size, reshape to [rows, groups, group_size] (padding
     must not change any scale), and cut the padding off again.
 
     Returns:
-        (w_hat, bits_per_element): w_hat float32 with w's shape; bits_per_element = bits + 32 * (number of
-        groups) / w.numel() (the fp32 scales are stored too).
+        (w_hat, bits_per_element): w_hat float32 with w's shape; bits_per_element = bits + 32 / group_size
+        (each group also stores its fp32 scale; the nominal cost, as a short tail group is not counted apart).
     """
     ### BEGIN SOLUTION
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    rows = w.detach().float().reshape(w.shape[0], -1)
+    rows = w.detach().float().reshape(w.shape[0] if w.ndim > 1 else 1, -1)
     row_length = rows.shape[1]
     num_groups = -(-row_length // group_size)
     padded = torch.nn.functional.pad(rows, (0, num_groups * group_size - row_length))
@@ -388,8 +388,7 @@ def fake_quantize_per_group(w: torch.Tensor, bits: int, group_size: int) -> tupl
     scale = torch.where(abs_max > 0, abs_max / q_max, torch.ones_like(abs_max))
     q = torch.round(groups / scale).clamp(-q_max, q_max)
     w_hat = (q * scale).reshape(rows.shape[0], -1)[:, :row_length].reshape(w.shape)
-    bits_per_element = bits + 32 * rows.shape[0] * num_groups / w.numel()
-    return w_hat, bits_per_element
+    return w_hat, bits + 32 / group_size
     ### END SOLUTION
 
 
@@ -399,7 +398,7 @@ w_hat, bits_per_element = fake_quantize_per_group(w, 4, group_size=2)
 expected = torch.tensor([[1.0, -2 / 7, 0.02 * 4 / 7, 0.02, 0.03], [0.0, 0.0, 0.0, 0.0, 7.0]])
 assert_close(w_hat, expected, "w_hat of fake_quantize_per_group(w, bits=4, group_size=2)", atol=1e-6, inputs={"w": w},
              hint="groups: [1, -.3] [.012, .02] [.03] per row; S_g = max|w_g| / 7; the tail group has one element")
-assert_close(bits_per_element, 4 + 32 * 6 / 10, "bits_per_element (6 groups of fp32 scales over 10 weights)", rtol=1e-9)
+assert_close(bits_per_element, 4 + 32 / 2, "bits_per_element (one fp32 scale per 2 weights)", rtol=1e-9)
 assert_shape(fake_quantize_per_group(torch.randn(8, 3, 3, 3), 4, 16)[0], (8, 3, 3, 3), "w_hat of a conv weight")
 assert_not_modified(fake_quantize_per_group, w, 4, 2)
 ### BEGIN HIDDEN TESTS
@@ -507,35 +506,36 @@ check_ema_minmax(ema_minmax)
 
 # %% nbgrader={"grade": false, "grade_id": "mse_clip_range", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def mse_clip_range(x: torch.Tensor, bits: int, num_candidates: int = 100) -> tuple[float, float]:
-    """The clipping range α·[lo, hi] that minimizes the mean squared fake-quantization error of `x`.
+    """The clipping range α·[x.min(), x.max()] that minimizes the mean squared fake-quantization error of `x`.
 
-    lo = min(x.min(), 0), hi = max(x.max(), 0); candidates α_i = i / num_candidates for i = 1..num_candidates.
-    For each candidate, quantize x affinely and unsigned to `bits` bits over [α lo, α hi]:
-    S = α (hi - lo) / (2^b - 1), Z = clamp(round(-α lo / S), 0, 2^b - 1),
-    x_hat = S (clamp(round(x / S) + Z, 0, 2^b - 1) - Z), and measure mean((x - x_hat)^2).
-    Evaluate all candidates at once (broadcast x against a column of candidates; no Python loop).
+    Candidates: α_i = i / num_candidates for i = num_candidates, ..., 1 (largest first). For each candidate,
+    widen [α min, α max] to contain 0 (lo = min(α min, 0), hi = max(α max, 0)) and fake-quantize x affinely
+    and unsigned to `bits` bits over it: S = (hi - lo) / (2^b - 1) (S = 1 if hi == lo),
+    Z = clamp(round(-lo / S), 0, 2^b - 1), x_hat = S (clamp(round(x / S) + Z, 0, 2^b - 1) - Z).
+    Keep the candidate with the smallest mean((x - x_hat)^2); on ties the larger α (the first one).
+    Evaluate all candidates at once in float32 (broadcast x against a column of candidates; no Python loop).
 
     Args:
         x: non-empty floating tensor of any shape. bits: 1..8.
     Returns:
-        (α* lo, α* hi) as Python floats for the α with the smallest error (the smallest α among equals).
-        An all-zero x returns (0.0, 0.0).
+        (α* x.min(), α* x.max()) as Python floats. An all-zero x returns (0.0, 0.0).
     """
     ### BEGIN SOLUTION
     if x.numel() == 0:
         raise ValueError("mse_clip_range needs a non-empty tensor")
     x = x.detach().float().flatten()
-    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
-    if hi == lo:
-        return 0.0, 0.0
+    x_min, x_max = x.min(), x.max()
     q_max = 2**bits - 1
-    alphas = torch.arange(1, num_candidates + 1, dtype=torch.float32).unsqueeze(1) / num_candidates
-    scale = alphas * (hi - lo) / q_max
-    zero_point = torch.round(-alphas * lo / scale).clamp(0, q_max)
+    alphas = torch.arange(num_candidates, 0, -1, dtype=torch.float32).unsqueeze(1) / num_candidates
+    lo = (alphas * x_min).clamp(max=0.0)
+    hi = (alphas * x_max).clamp(min=0.0)
+    scale = (hi - lo) / q_max
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(-lo / scale).clamp(0, q_max)
     x_hat = scale * (torch.clamp(torch.round(x / scale) + zero_point, 0, q_max) - zero_point)
     errors = (x - x_hat).pow(2).mean(dim=1)
     best = int(torch.argmin(errors))
-    return float(alphas[best] * lo), float(alphas[best] * hi)
+    return float(alphas[best] * x_min), float(alphas[best] * x_max)
     ### END SOLUTION
 
 
@@ -555,37 +555,57 @@ check_mse_clip_range(mse_clip_range)
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": false, "grade_id": "kl_clip_threshold", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def smooth_zeros(counts: torch.Tensor, eps: float = 1e-4):
+    """Give every zero bin `eps`, taken evenly from the non-zero bins (so the total stays the same).
+
+    Returns None when that is impossible (no non-zero bin, or a non-zero bin would go negative or to zero).
+    Provided (not graded): TensorRT and MXNet smooth P and Q this way before computing KL(P || Q).
+    """
+    zeros = counts == 0
+    num_zeros, num_nonzeros = int(zeros.sum()), int((~zeros).sum())
+    if num_nonzeros == 0:
+        return None
+    taken = eps * num_zeros / num_nonzeros
+    if taken >= float(counts[~zeros].min()):
+        return None
+    return counts + eps * zeros - taken * (~zeros)
+
+
 def kl_clip_threshold(hist: torch.Tensor, bin_edges: torch.Tensor, bits: int) -> float:
     """TensorRT entropy calibration: the threshold T on |x| that minimizes KL(P || Q).
 
-    `hist` holds counts of |x| in B bins with edges `bin_edges` ([B + 1], increasing from 0).
-    With L = 2^(bits-1) levels, for every candidate number of kept bins i = L, ..., B:
+    `hist` holds counts of |x| in B bins with edges `bin_edges` ([B + 1], increasing from 0). With
+    L = 2^(bits-1) levels, for every candidate number of kept bins i = L, L + 1, ..., B (in float64):
       - P = hist[:i] with the clipped mass hist[i:].sum() added to its last bin;
-      - Q: group the bins of hist[:i] into L chunks (bin k belongs to chunk floor(k L / i)); spread each
-        chunk's total count evenly over that chunk's bins whose count is non-zero (zero bins stay 0);
-      - normalize P and Q to sum 1; KL = sum over bins with P > 0 of P log(P / max(Q, 1e-12)).
-    Return T = bin_edges[i] for the i with the smallest KL (the smallest i among equals), as a float.
-    If B <= L, nothing can be clipped: return bin_edges[-1]. (A loop over candidates i is fine.)
+      - Q: merge hist[:i] (without the clipped mass) into L levels — bin k belongs to level
+        min(k // (i // L), L - 1), so the last level takes the remainder — and spread each level's total
+        evenly over its bins where P is non-zero (bins where P is zero get 0);
+      - smooth both with `smooth_zeros` (skip this i if either returns None), normalize each to sum 1, and
+        compute KL = sum(P * log(P / Q)).
+    Return T = bin_edges[i] (the upper edge of the last kept bin) for the i with the smallest KL (the
+    smallest i among equals), as a Python float. If B <= L nothing can be clipped: return bin_edges[-1].
+    A Python loop over the candidates i is fine; vectorize the work inside it.
     """
     ### BEGIN SOLUTION
-    hist = hist.detach().double()
+    counts = torch.as_tensor(hist).detach().to(torch.float64)
     levels = 2 ** (bits - 1)
-    num_bins = hist.numel()
+    num_bins = counts.numel()
     if num_bins <= levels:
         return float(bin_edges[-1])
     best_kl, best_i = math.inf, num_bins
     for i in range(levels, num_bins + 1):
-        kept = hist[:i]
-        p = kept.clone()
-        p[-1] += hist[i:].sum()
-        chunk = torch.div(torch.arange(i) * levels, i, rounding_mode="floor")
-        nonzero = (kept > 0).double()
-        chunk_mass = torch.zeros(levels, dtype=torch.float64).index_add_(0, chunk, kept)
-        chunk_count = torch.zeros(levels, dtype=torch.float64).index_add_(0, chunk, nonzero)
-        q = nonzero * chunk_mass[chunk] / chunk_count[chunk].clamp(min=1)
+        p = counts[:i].clone()
+        p[-1] += counts[i:].sum()
+        level = (torch.arange(i) // (i // levels)).clamp(max=levels - 1)
+        nonzero = p != 0
+        totals = torch.zeros(levels, dtype=torch.float64).index_add_(0, level, counts[:i])
+        support = torch.zeros(levels, dtype=torch.float64).index_add_(0, level, nonzero.double())
+        q = torch.where(nonzero, totals[level] / support[level].clamp(min=1), torch.zeros_like(p))
+        p, q = smooth_zeros(p), smooth_zeros(q)
+        if p is None or q is None:
+            continue
         p, q = p / p.sum(), q / q.sum()
-        support = p > 0
-        kl = float((p[support] * torch.log(p[support] / q[support].clamp(min=1e-12))).sum())
+        kl = float((p * torch.log(p / q)).sum())
         if kl < best_kl:
             best_kl, best_i = kl, i
     return float(bin_edges[best_i])

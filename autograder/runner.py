@@ -326,15 +326,30 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
     return cells, breach, events, hits
 
 
+def split_hidden(source: str) -> tuple[str, str]:
+    """(visible part, hidden part) of a test cell; line numbers are kept by padding the hidden part."""
+    lines = source.splitlines()
+    start = next((i for i, l in enumerate(lines) if "### BEGIN HIDDEN TESTS" in l), len(lines))
+    return "\n".join(lines[:start]), "\n" * start + "\n".join(lines[start:])
+
+
 def _run_test(test: TestCell, namespace: dict) -> dict:
+    """Run one test cell on the trusted side. The hidden part runs even when a visible assert failed, so
+    the feedback still names every hidden check; the cell scores only if both parts pass."""
     if test.missing_reason:
         return _cell(test, 0.0, False, test.missing_reason, [])
     _api.RECORDER.clear()
     seed_all()
-    try:
-        exec(compile(strip_magics(test.source), f"<test {test.grade_id}>", "exec"), namespace)  # noqa: S102
-    except Breach:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure of a test cell is a failed cell
-        return _cell(test, 0.0, False, explain_failure(exc, test), list(_api.RECORDER))
+    failure: BaseException | None = None
+    for part in split_hidden(strip_magics(test.source)):
+        if not part.strip():
+            continue
+        try:
+            exec(compile(part, f"<test {test.grade_id}>", "exec"), namespace)  # noqa: S102 - trusted source
+        except Breach:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a test cell is a failed cell
+            failure = failure or exc
+    if failure is not None:
+        return _cell(test, 0.0, False, explain_failure(failure, test), list(_api.RECORDER))
     return _cell(test, test.points, True, "", list(_api.RECORDER))

@@ -74,70 +74,100 @@ def _short_printing() -> Iterator[None]:
         torch.set_printoptions(**{k: old[k] for k in ("threshold", "edgeitems", "precision", "linewidth")})
 
 
-def _context(inputs: dict | None) -> str:
-    if not inputs:
-        return ""
-    return "input: " + ", ".join(f"{k}={describe(v)}" for k, v in inputs.items()) + "\n"
+def _label(what: str, inputs: dict | None) -> str:
+    text = what
+    if inputs:
+        text += " with input " + ", ".join(f"{k}={describe(v)}" for k, v in inputs.items())
+    return text
 
 
 def expect_tensor(got: Any, what: str = "result") -> torch.Tensor:
     """Assert ``got`` is a torch.Tensor; returns it."""
     if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"expected {what} to be a torch.Tensor, got {type(got).__name__}: {describe(got)}")
+        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(got).__name__}: {describe(got)}")
     return got
 
 
 def expect_dtype(got: Any, dtype: torch.dtype, what: str = "result", inputs: dict | None = None) -> None:
     """Assert ``got`` is a tensor of exactly ``dtype``."""
-    expect_tensor(got, what)
+    expect_tensor(got, _label(what, inputs))
     if got.dtype != dtype:
-        raise AssertionError(f"{_context(inputs)}expected {what} dtype {dtype}, got {got.dtype}")
+        raise AssertionError(f"{_label(what, inputs)}: expected dtype {dtype}, got {got.dtype}")
 
 
 def expect_shape(got: Any, shape: tuple[int, ...] | torch.Size, what: str = "result",
                  inputs: dict | None = None) -> None:
     """Assert ``got`` is a tensor of exactly ``shape``."""
-    expect_tensor(got, what)
+    expect_tensor(got, _label(what, inputs))
     if tuple(got.shape) != tuple(shape):
-        raise AssertionError(f"{_context(inputs)}expected {what} shape {tuple(shape)}, got {tuple(got.shape)}")
+        raise AssertionError(f"{_label(what, inputs)}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
 
 
-def expect_exact(got: Any, expected: torch.Tensor, inputs: dict | None = None, what: str = "result") -> None:
-    """Exact comparison (integer codes, masks): same dtype, same shape, every element equal."""
-    expect_dtype(got, expected.dtype, what, inputs)
-    expect_shape(got, expected.shape, what, inputs)
-    if not torch.equal(got, expected):
-        wrong = (got != expected).nonzero()
-        first = tuple(wrong[0].tolist()) if len(wrong) else ()
-        raise AssertionError(f"{_context(inputs)}expected {describe(expected)}\ngot      {describe(got)}\n"
-                             f"{len(wrong)} of {expected.numel()} elements differ (first at index {first})")
-
-
-def expect_close(got: Any, expected: torch.Tensor, atol: float, rtol: float = 0.0, inputs: dict | None = None,
-                 what: str = "result", check_dtype: bool = True) -> None:
-    """Float comparison with a stated tolerance |got - expected| <= atol + rtol * |expected|."""
-    if check_dtype:
+def expect_equal(got: Any, expected: Any, what: str = "result", inputs: dict | None = None) -> None:
+    """Exact comparison. Tensors (integer codes, masks): same dtype, same shape, every element equal.
+    Python values: equal, element by element for tuples/lists."""
+    label = _label(what, inputs)
+    if isinstance(expected, torch.Tensor):
         expect_dtype(got, expected.dtype, what, inputs)
+        expect_shape(got, expected.shape, what, inputs)
+        if not torch.equal(got, expected):
+            wrong = (got != expected).nonzero()
+            first = tuple(wrong[0].tolist()) if len(wrong) else ()
+            raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}\n"
+                                 f"  {len(wrong)} of {expected.numel()} elements differ (first at index {first})")
+        return
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}")
+        for index, (g, e) in enumerate(zip(got, expected)):
+            expect_equal(g, e, f"{what}[{index}]", inputs)
+        return
+    if isinstance(got, torch.Tensor) or got != expected:
+        raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}")
+
+
+#: Kept for readability in checks of integer codes.
+expect_exact = expect_equal
+
+
+def expect_close(got: Any, expected: Any, what: str = "result", atol: float = 0.0, rtol: float = 0.0,
+                 inputs: dict | None = None) -> None:
+    """Float comparison with a stated tolerance: |got - expected| <= atol + rtol * |expected|, elementwise.
+
+    Tensors must have the expected shape (check the dtype separately with :func:`expect_dtype`); numbers and
+    tuples/lists of numbers are compared element by element. NaN matches NaN.
+    """
+    label = _label(what, inputs)
+    if isinstance(expected, (tuple, list)) and not isinstance(got, torch.Tensor):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}")
+        for index, (g, e) in enumerate(zip(got, expected)):
+            expect_close(g, e, f"{what}[{index}]", atol, rtol, inputs)
+        return
+    if isinstance(expected, torch.Tensor):
+        expect_tensor(got, label)
+        expect_shape(got, expected.shape, what, inputs)
+        g, e = got.detach().to(torch.float64), expected.detach().to(torch.float64)
     else:
-        expect_tensor(got, what)
-    expect_shape(got, expected.shape, what, inputs)
-    g, e = got.to(torch.float64), expected.to(torch.float64)
+        if isinstance(got, bool) or not isinstance(got, (int, float)) and not \
+                (isinstance(got, torch.Tensor) and got.numel() == 1):
+            raise AssertionError(f"{label}: expected a number close to {expected!r}, got {describe(got)}")
+        g, e = torch.tensor(float(got), dtype=torch.float64), torch.tensor(float(expected), dtype=torch.float64)
     if not torch.allclose(g, e, atol=atol, rtol=rtol, equal_nan=True):
-        diff = (g - e).abs().nan_to_num(math.inf).max().item()
-        raise AssertionError(f"{_context(inputs)}expected {describe(expected)}\ngot      {describe(got)}\n"
-                             f"max |difference| = {diff:.3g} exceeds tolerance atol={atol:g}, rtol={rtol:g}")
+        diff = (g - e).abs().nan_to_num(math.inf).max().item() if g.numel() else 0.0
+        raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}\n"
+                             f"  max |difference| = {diff:.3g} exceeds the tolerance atol={atol:g}, rtol={rtol:g}")
 
 
 def expect_raises(exc_type: type[BaseException] | tuple[type[BaseException], ...], fn: Callable, *args: Any,
                   what: str = "", **kwargs: Any) -> BaseException:
     """Assert ``fn(*args, **kwargs)`` raises ``exc_type`` (e.g. ValueError for bad input)."""
     names = exc_type.__name__ if isinstance(exc_type, type) else " or ".join(t.__name__ for t in exc_type)
+    label = what or f"call with {describe(args)}"
     try:
         result = fn(*args, **kwargs)
     except exc_type as exc:
         return exc
     except Exception as exc:  # noqa: BLE001
-        raise AssertionError(f"{_context(kwargs or {'args': args})}expected {names}{what}, "
-                             f"got {type(exc).__name__}: {exc}") from None
-    raise AssertionError(f"{_context(kwargs or {'args': args})}expected {names}{what}, but the call returned "
-                         f"{describe(result)}")
+        raise AssertionError(f"{label}: expected {names}, got {type(exc).__name__}: {exc}") from None
+    raise AssertionError(f"{label}: expected {names}, but the call returned {describe(result)}")

@@ -56,8 +56,9 @@ def check_quantized_range(fn) -> None:
         for bits in range(1, 33):
             expect_equal(tuple(fn(bits, False)), (0, 2**bits - 1), f"quantized_range({bits}, signed=False)")
     with suite.check("returns Python ints"):
-        got = fn(4, True)
-        assert all(type(v) is int for v in got), f"quantized_range(4) returned {got!r}: expected two Python ints"
+        for signed in (True, False):
+            got = fn(4, signed)
+            assert all(type(v) is int for v in got), f"quantized_range(4, signed={signed}) returned {got!r}: expected two Python ints"
     with suite.check("rejects bits out of range", hint="raise ValueError for bits < 1 or bits > 32"):
         for bad in (0, -3, 33):
             expect_raises(ValueError, fn, bad, True, what=f"quantized_range({bad})")
@@ -356,11 +357,17 @@ def check_kl_clip_threshold(fn) -> None:
         compare(*_abs_histogram(gaussian, 256), 4, "Gaussian + outliers, 256 bins, 4 bits")
     with suite.check("clipped mass goes into the last kept bin", hint="P = hist[:i]; P[-1] += hist[i:].sum()"):
         compare(*_abs_histogram(torch.randn(5000, generator=g).relu() ** 2, 400), 6, "squared ReLU, 400 bins, 6 bits")
-    with suite.check("Q spreads each level over P's non-zero bins only"):
+    def sparse_histogram(step: int, peak: int) -> torch.Tensor:
         sparse = torch.zeros(300)
-        sparse[::3] = torch.rand(100, generator=g) * 100
-        sparse[:40] += 200
-        compare(sparse, torch.linspace(0.0, 3.0, 301), 5, "sparse histogram, 5 bits")
+        sparse[::step] = torch.rand(len(range(0, 300, step)), generator=g) * 100
+        sparse[:peak] += 200
+        return sparse
+
+    with suite.check("Q spreads each level over P's non-zero bins only"):
+        compare(sparse_histogram(3, 40), torch.linspace(0.0, 3.0, 301), 5, "sparse histogram, 5 bits")
+    with suite.check("minimizes KL(P || Q), the reference distribution first", hint="KL = sum(P * log(P / Q))"):
+        compare(sparse_histogram(3, 40), torch.linspace(0.0, 3.0, 301), 5, "sparse histogram, 5 bits")
+        compare(sparse_histogram(2, 90), torch.linspace(0.0, 3.0, 301), 6, "sparse histogram, 6 bits")
     with suite.check("uses 2^(b-1) levels", hint="a symmetric signed quantizer has 2^(b-1) magnitudes"):
         hist, edges = _abs_histogram(torch.randn(8000, generator=g), 200)
         for bits in (3, 5, 7):
@@ -451,4 +458,7 @@ def check_quantized_linear(fn) -> None:
         compare(tuple(args), "saturating outputs")
     with suite.check("4-bit output range"):
         compare(_linear_case(22, 8, 24, 5, True, bits=4), "bits=4 output")
+        args = list(_linear_case(23, 8, 24, 5, True, bits=4))
+        args[6] = args[6] * 0.25  # outputs beyond 15 must clamp to the 4-bit range
+        compare(tuple(args), "bits=4, saturating outputs")
     suite.finish()

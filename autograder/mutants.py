@@ -1,0 +1,41 @@
+"""Mutant catalogues: realistic wrong answers that the hidden checks must catch (a reusable harness).
+
+A lab's catalogue lives in ``tests/mutants/<lab>.py`` as ``MUTANTS``: a list of objects with the fields
+``function`` (the answer cell's grade_id), ``mistake`` (what the student got wrong), ``old``/``new`` (a
+textual edit applied once to the solution cell) and ``check`` (the name of the hidden check that must fail).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import NamedTuple
+
+from .submissions import fill_answers, solution_answers
+
+
+class Mutant(NamedTuple):
+    function: str   # the answer cell's grade_id
+    mistake: str
+    old: str
+    new: str
+    check: str      # name of the hidden check that must fail
+
+
+def load_catalogue(path: Path) -> list:
+    """The ``MUTANTS`` list of a catalogue file."""
+    spec = importlib.util.spec_from_file_location(f"_mutants_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.MUTANTS)
+
+
+def mutant_submission(source_bytes: bytes, released_bytes: bytes, mutant) -> bytes:
+    """The solution submission with one answer cell edited as the mutant says (ValueError if it can't apply)."""
+    answers = solution_answers(source_bytes)
+    if mutant.function not in answers:
+        raise ValueError(f"mutant {mutant.mistake!r}: no answer cell {mutant.function!r}")
+    cell = answers[mutant.function]
+    if mutant.old not in cell:
+        raise ValueError(f"mutant {mutant.mistake!r}: {mutant.old!r} not found in cell {mutant.function}")
+    answers[mutant.function] = cell.replace(mutant.old, mutant.new, 1)
+    return fill_answers(released_bytes, answers)

@@ -46,8 +46,8 @@ MUTANTS = [
     # affine_qparams
     Mutant("affine_qparams", "range not widened to contain zero", "r_min, r_max = min(r_min, 0.0), max(r_max, 0.0)", "pass",
            "the range is widened to contain zero"),
-    Mutant("affine_qparams", "zero point not rounded", "zero_point = round(q_min - r_min / scale)", "zero_point = q_min - r_min / scale",
-           "zero is exactly representable"),
+    Mutant("affine_qparams", "zero point truncated instead of rounded", "zero_point = round(q_min - r_min / scale)", "zero_point = q_min - r_min / scale",
+           "scale and zero point of a range around zero"),
     Mutant("affine_qparams", "divides by 2^b levels", "scale = (r_max - r_min) / (q_max - q_min)", "scale = (r_max - r_min) / (q_max - q_min + 1)",
            "scale and zero point of a range around zero"),
     Mutant("affine_qparams", "zero scale for a constant range", "        scale = 1.0\n", "        scale = 0.0 * scale\n",
@@ -125,7 +125,7 @@ MUTANTS = [
     Mutant("kl_clip_threshold", "lower edge of the bin", "return float(bin_edges[best_i])", "return float(bin_edges[best_i - 1])",
            "clips a Gaussian with outliers (TensorRT entropy calibration)"),
     Mutant("kl_clip_threshold", "KL(Q || P) instead of KL(P || Q)", "kl = float((p * torch.log(p / q)).sum())", "kl = float((q * torch.log(q / p)).sum())",
-           "clips a Gaussian with outliers (TensorRT entropy calibration)"),
+           "minimizes KL(P || Q), the reference distribution first"),
     Mutant("kl_clip_threshold", "never clips", "return float(bin_edges[best_i])", "return float(bin_edges[-1])",
            "clips a Gaussian with outliers (TensorRT entropy calibration)"),
     # quantized_matmul

@@ -1,0 +1,123 @@
+"""Lab budgets: Restart & Run All of each solution notebook, the slowest cell, and the grading run.
+
+    .venv/bin/python benchmarks/bench_labs.py [LAB ...] [--write]
+
+For each lab it measures, back to back on this machine:
+  1. Restart & Run All of ``solutions/<lab>/<lab>.ipynb`` in a fresh kernel (what a student or self-learner
+     runs; budget ≤ 180 s, no cell over 60 s);
+  2. the same notebook with ``NBGRADER_EXECUTION=autograde`` (what plain ``nbgrader autograde`` executes,
+     heavy experiments shrunk; budget ≤ 30 s);
+  3. ``autograder grade`` of the solution as a one-student class (sandboxed, setup + answer cells only).
+``--write`` replaces the "Labs" section of benchmarks/RESULTS.md with the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+BUDGET_RUN_ALL_S, BUDGET_CELL_S, BUDGET_GRADING_S = 180.0, 60.0, 30.0
+
+
+def run_all(notebook: Path, grading: bool) -> tuple[float, float, str]:
+    """Execute every cell in a fresh kernel; returns (total seconds, slowest cell seconds, its grade id)."""
+    nb = nbformat.read(notebook, as_version=4)
+    saved = os.environ.pop("NBGRADER_EXECUTION", None)
+    if grading:
+        os.environ["NBGRADER_EXECUTION"] = "autograde"
+    cell_times: list[tuple[float, str]] = []
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}})
+
+    async def timed_cell(cell, index, **kwargs):  # wraps nbclient's per-cell executor
+        start = time.perf_counter()
+        result = await original(cell, index, **kwargs)
+        cell_times.append((time.perf_counter() - start, cell.metadata.get("nbgrader", {}).get("grade_id", str(index))))
+        return result
+
+    original = client.async_execute_cell
+    client.async_execute_cell = timed_cell
+    try:
+        start = time.perf_counter()
+        client.execute()
+        total = time.perf_counter() - start
+    finally:
+        os.environ.pop("NBGRADER_EXECUTION", None)
+        if saved is not None:
+            os.environ["NBGRADER_EXECUTION"] = saved
+    slowest, slowest_id = max(cell_times)
+    return total, slowest, slowest_id
+
+
+def grade_solution(lab: str, notebook: Path) -> float:
+    """Seconds for ``autograder grade`` of the solution notebook as a one-student class."""
+    with tempfile.TemporaryDirectory() as tmp:
+        submissions = Path(tmp) / "submissions" / "reference"
+        submissions.mkdir(parents=True)
+        shutil.copy(notebook, submissions / f"{lab}.ipynb")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "autograder", "grade", lab, str(submissions.parent), "--out",
+                        str(Path(tmp) / "out"), "--jobs", "1", "--quiet"], check=True, cwd=REPO,
+                       env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
+        elapsed = time.perf_counter() - start
+        grades = (Path(tmp) / "out" / "grades.csv").read_text().splitlines()
+        print(f"  grades.csv: {grades[1] if len(grades) > 1 else '(empty)'}")
+        return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("labs", nargs="*", help="lab names (default: every lab in solutions/)")
+    parser.add_argument("--write", action="store_true", help="write the figures into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    labs = args.labs or sorted(p.name for p in (REPO / "solutions").iterdir() if (p / f"{p.name}.ipynb").exists())
+    rows = []
+    for lab in labs:
+        notebook = REPO / "solutions" / lab / f"{lab}.ipynb"
+        print(f"{lab}: Restart & Run All ...", flush=True)
+        full, slowest, slowest_id = run_all(notebook, grading=False)
+        print(f"  {full:.1f} s (budget {BUDGET_RUN_ALL_S:.0f} s); slowest cell {slowest_id} {slowest:.1f} s (budget {BUDGET_CELL_S:.0f} s)")
+        print(f"{lab}: Run All with NBGRADER_EXECUTION=autograde ...", flush=True)
+        shrunk, _, _ = run_all(notebook, grading=True)
+        print(f"  {shrunk:.1f} s (budget {BUDGET_GRADING_S:.0f} s)")
+        print(f"{lab}: autograder grade (one submission, sandboxed) ...", flush=True)
+        graded = grade_solution(lab, notebook)
+        print(f"  {graded:.1f} s (budget {BUDGET_GRADING_S:.0f} s)")
+        rows.append((lab, full, slowest, slowest_id, shrunk, graded))
+    if args.write:
+        write_results(rows)
+
+
+def write_results(rows: list[tuple]) -> None:
+    lines = ["## Labs", "",
+             f"Measured {dt.date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} cores, "
+             "`benchmarks/bench_labs.py --write`. Budgets: Restart & Run All ≤ 180 s with no cell over 60 s; "
+             "a grading run ≤ 30 s.", "",
+             "| lab | Restart & Run All | slowest cell | Run All, grading flag on | `autograder grade`, 1 submission |",
+             "|---|---|---|---|---|"]
+    for lab, full, slowest, slowest_id, shrunk, graded in rows:
+        lines.append(f"| `{lab}` | {full:.1f} s | {slowest:.1f} s (`{slowest_id}`) | {shrunk:.1f} s | {graded:.1f} s |")
+    section = "\n".join(lines) + "\n"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if re.search(r"^## Labs$", text, flags=re.M):
+        text = re.sub(r"^## Labs\n.*?(?=^## |\Z)", section + "\n", text, flags=re.M | re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text)
+    print(f"wrote the Labs section of {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Checks for the visible tests in lab notebooks: students read their output.
+
+Each ``assert_*`` raises ``AssertionError`` whose message says what was checked, on which input, what was
+expected, what came back (for floats: the max absolute and relative error against the tolerance) and, when
+given, the likely mistake. On success it prints one short ``✓`` line to stdout. Nothing is written to stderr.
+
+    assert_equal_int(q, torch.tensor([0, 2, 2]), "linear_quantize rounds half to even",
+                     inputs={"r": r, "scale": 1.0}, hint="use torch.round, not floor(x + 0.5)")
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+__all__ = ["assert_equal_int", "assert_close", "assert_dtype", "assert_shape", "assert_not_modified"]
+
+_MAX_SHOWN = 12
+
+
+def describe(value: Any) -> str:
+    """A short, readable rendering of a value (tensors: dtype, shape and up to 12 values)."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().reshape(-1)
+        shown = flat[:_MAX_SHOWN].tolist()
+        if value.is_floating_point():
+            shown = [float(f"{v:.6g}") for v in shown]
+        more = f", … ({flat.numel()} values)" if flat.numel() > _MAX_SHOWN else ""
+        body = ", ".join(str(v) for v in shown)
+        return f"tensor([{body}{more}], dtype={value.dtype}, shape={tuple(value.shape)})"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={describe(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        items = ", ".join(describe(v) for v in value)
+        return f"({items})" if isinstance(value, tuple) else f"[{items}]"
+    return repr(value)
+
+
+def _fail(what: str, inputs: Any, expected: Any, got: Any, details: Sequence[str] = (),
+          hint: str | None = None) -> None:
+    lines = [f"✗ {what}"]
+    if inputs is not None:
+        lines.append(f"  input:    {describe(inputs)}")
+    lines.append(f"  expected: {describe(expected)}")
+    lines.append(f"  got:      {describe(got)}")
+    lines.extend(f"  {line}" for line in details)
+    if got is None:
+        lines.append("  likely mistake: the function returned None — did you forget `return`?")
+    if hint:
+        lines.append(f"  likely mistake: {hint}")
+    raise AssertionError("\n".join(lines))
+
+
+def _passed(what: str) -> None:
+    print(f"✓ {what}")
+
+
+def _as_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (Real, list, tuple)):
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    return None
+
+
+def _first_mismatch(mask: torch.Tensor, got: torch.Tensor, expected: torch.Tensor) -> str:
+    index = tuple(int(i) for i in torch.nonzero(mask)[0])
+    where = index if got.ndim else "()"
+    return (f"mismatches: {int(mask.sum())} of {mask.numel()} elements; first at index {where}: "
+            f"expected {expected[index].item()}, got {got[index].item()}")
+
+
+def assert_equal_int(got: Any, expected: Any, what: str, inputs: Any = None, hint: str | None = None) -> None:
+    """``got`` equals ``expected`` exactly: integers (Python ints, or integer tensors of the same shape).
+
+    Also fails when ``got`` is a float tensor (codes must be integers) or a float Python number.
+    """
+    expected_t, got_t = _as_tensor(expected), _as_tensor(got)
+    if expected_t is None:
+        raise TypeError(f"assert_equal_int needs an int or integer tensor as expected, got {type(expected)}")
+    if got_t is None:
+        _fail(what, inputs, expected, got, [f"got a {type(got).__name__}, expected integers"], hint)
+    if got_t.is_floating_point() or got_t.is_complex():
+        _fail(what, inputs, expected, got, [f"got dtype {got_t.dtype}; integer codes must have an integer dtype "
+                                            "(e.g. torch.int8 / torch.uint8)"], hint)
+    if got_t.shape != expected_t.shape:
+        _fail(what, inputs, expected, got, [f"shape: expected {tuple(expected_t.shape)}, got {tuple(got_t.shape)}"],
+              hint)
+    mask = got_t.to(torch.int64) != expected_t.to(torch.int64)
+    if bool(mask.any()):
+        _fail(what, inputs, expected, got, [_first_mismatch(mask, got_t, expected_t)], hint)
+    _passed(what)
+
+
+def assert_close(got: Any, expected: Any, what: str, rtol: float = 1e-5, atol: float = 1e-8, inputs: Any = None,
+                 hint: str | None = None) -> None:
+    """|got − expected| <= atol + rtol·|expected| elementwise (numbers or tensors of the same shape).
+
+    The failure message reports the max absolute error, the max relative error and the tolerance.
+    """
+    expected_t, got_t = _as_tensor(expected), _as_tensor(got)
+    if expected_t is None:
+        raise TypeError(f"assert_close needs a number or tensor as expected, got {type(expected)}")
+    if got_t is None:
+        _fail(what, inputs, expected, got, [f"got a {type(got).__name__}, expected a number or tensor"], hint)
+    if got_t.shape != expected_t.shape:
+        _fail(what, inputs, expected, got, [f"shape: expected {tuple(expected_t.shape)}, got {tuple(got_t.shape)}"],
+              hint)
+    g, e = got_t.to(torch.float64), expected_t.to(torch.float64)
+    if g.numel() == 0:
+        _passed(what)
+        return
+    error = (g - e).abs()
+    error = torch.where(torch.isnan(g) & torch.isnan(e), torch.zeros_like(error), error)
+    error = torch.where(torch.isinf(g) & (g == e), torch.zeros_like(error), error)
+    allowed = atol + rtol * e.abs()
+    bad = ~(error <= allowed)                                            # NaN errors count as bad
+    if bool(bad.any()):
+        max_abs = float(error.max()) if not bool(torch.isnan(error).any()) else math.nan
+        relative = error / e.abs().clamp(min=1e-300)
+        max_rel = float(relative.max()) if not bool(torch.isnan(relative).any()) else math.nan
+        details = [f"max abs error: {max_abs:.3g}   max relative error: {max_rel:.3g}   "
+                   f"tolerance: atol={atol:g} + rtol={rtol:g}·|expected|",
+                   _first_mismatch(bad, g, e)]
+        if bool(torch.isnan(g).any()):
+            details.append("got contains NaN (a division by a zero scale?)")
+        _fail(what, inputs, expected, got, details, hint)
+    _passed(what)
+
+
+def assert_dtype(got: Any, dtype: torch.dtype, what: str, hint: str | None = None) -> None:
+    """``got`` is a tensor of exactly ``dtype``."""
+    if not isinstance(got, torch.Tensor):
+        _fail(what, None, f"a tensor of dtype {dtype}", got, [f"got a {type(got).__name__}"], hint)
+    if got.dtype != dtype:
+        _fail(what, None, f"dtype {dtype}", f"dtype {got.dtype}", [], hint)
+    _passed(what)
+
+
+def assert_shape(got: Any, shape: Sequence[int], what: str, hint: str | None = None) -> None:
+    """``got`` is a tensor of exactly ``shape``."""
+    if not isinstance(got, torch.Tensor):
+        _fail(what, None, f"a tensor of shape {tuple(shape)}", got, [f"got a {type(got).__name__}"], hint)
+    if tuple(got.shape) != tuple(shape):
+        _fail(what, None, f"shape {tuple(shape)}", f"shape {tuple(got.shape)}", [], hint)
+    _passed(what)
+
+
+def _snapshot(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, torch.nn.Module):
+        return {k: v.detach().clone() for k, v in value.state_dict().items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    return None
+
+
+def _same(before: Any, value: Any) -> bool:
+    if before is None:
+        return True
+    if isinstance(value, torch.Tensor):
+        return before.dtype == value.dtype and before.shape == value.shape and \
+            bool(torch.equal(before, value.detach()) or
+                 (before.is_floating_point() and torch.equal(before.isnan(), value.isnan()) and
+                  torch.equal(before.nan_to_num(), value.detach().nan_to_num())))
+    if isinstance(value, torch.nn.Module):
+        now = value.state_dict()
+        return before.keys() == now.keys() and all(_same(before[k], now[k]) for k in before)
+    if isinstance(value, (list, tuple)):
+        return len(before) == len(value) and all(_same(b, v) for b, v in zip(before, value))
+    if isinstance(value, dict):
+        return before.keys() == value.keys() and all(_same(before[k], value[k]) for k in before)
+    return True
+
+
+def assert_not_modified(fn: Callable, *args: Any, what: str | None = None, **kwargs: Any) -> Any:
+    """Call ``fn(*args, **kwargs)`` and check it changed none of its tensor / module arguments in place.
+
+    Returns what ``fn`` returned, so the check can wrap the call under test.
+    """
+    name = what or f"{getattr(fn, '__name__', 'the function')} does not modify its inputs"
+    before_args = [_snapshot(a) for a in args]
+    before_kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
+    result = fn(*args, **kwargs)
+    changed = [f"argument {i}" for i, (b, a) in enumerate(zip(before_args, args)) if not _same(b, a)]
+    changed += [f"argument {k}=" for k, v in kwargs.items() if not _same(before_kwargs[k], v)]
+    if changed:
+        first = changed[0]
+        index = int(first.split()[1]) if first.split()[1].isdigit() else None
+        before = before_args[index] if index is not None else before_kwargs[first.split()[1].rstrip("=")]
+        after = args[index] if index is not None else kwargs[first.split()[1].rstrip("=")]
+        _fail(name, None, before, after, [f"modified in place: {', '.join(changed)}"],
+              "an in-place operation on the input (x /= s, x.clamp_(), x[...] = ...): work on a copy, "
+              "e.g. y = x / s")
+    _passed(name)
+    return result

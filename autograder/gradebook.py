@@ -1,7 +1,10 @@
 """Write results into an nbgrader Gradebook so ``nbgrader export`` and nbgrader's tools see the grades."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+
+from sqlalchemy import exc as sqlalchemy_exc
 
 from nbgrader.api import Gradebook
 
@@ -13,6 +16,14 @@ def write_gradebook(db_path: Path, lab: str, tests: list[tuple[str, float]], man
     ``tests``/``manual``: (grade_id, points) of autograded and hand-graded cells; ``answers``: grade_ids of
     answer (solution) cells; ``results``: student_id -> result record.
     """
+    with warnings.catch_warnings():
+        # nbgrader's add_submission triggers harmless SQLAlchemy autoflush warnings
+        warnings.simplefilter("ignore", category=sqlalchemy_exc.SAWarning)
+        _write(db_path, lab, tests, manual, answers, results)
+
+
+def _write(db_path: Path, lab: str, tests: list[tuple[str, float]], manual: list[tuple[str, float]],
+           answers: list[str], results: dict[str, dict]) -> None:
     with Gradebook(f"sqlite:///{Path(db_path).resolve()}") as gradebook:
         gradebook.update_or_create_assignment(lab)
         gradebook.update_or_create_notebook(lab, lab)

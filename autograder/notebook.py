@@ -42,10 +42,12 @@ def parse_notebook(data: bytes) -> nbformat.NotebookNode:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidNotebook(f"not a notebook: the file is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
-        raise InvalidNotebook("not a notebook: no list of cells")
+    if not isinstance(raw, dict):
+        raise InvalidNotebook("not a notebook: the JSON is not an object")
     if raw.get("nbformat") != 4:
         raise InvalidNotebook(f"unsupported notebook format nbformat={raw.get('nbformat')!r} (expected 4)")
+    if not isinstance(raw.get("cells"), list):
+        raise InvalidNotebook("not a notebook: no list of cells")
     metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     kernel = metadata.get("kernelspec") if isinstance(metadata.get("kernelspec"), dict) else {}
     language = str(kernel.get("language", "python")).lower()
@@ -107,6 +109,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     tampered: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
+    answer_names: set[str] = field(default_factory=set)      # names the lab's answer cells define
 
 
 def cell_role(cell: dict) -> str:
@@ -146,6 +149,7 @@ def build_plan(source_nb: dict, released_nb: dict, submission: dict) -> Plan:
                                       "student": False})
             plan.setup_sources.append(cell["source"])
         elif role == "solution":
+            plan.answer_names |= bound_names(cell["source"])
             if sub is None or sub["cell_type"] != "code":
                 plan.notes.append(f"answer cell {gid} is missing from the submission")
                 plan.answers.append((gid, "code", ""))
@@ -167,9 +171,28 @@ def build_plan(source_nb: dict, released_nb: dict, submission: dict) -> Plan:
 
 def _check_locked(gid: str, released_cell: dict, sub: dict | None, plan: Plan) -> None:
     if sub is None:
-        return
-    if safe_checksum(sub) != safe_checksum(released_cell):
+        plan.tampered.append(f"{gid} (deleted)")
+    elif safe_checksum(sub) != safe_checksum(released_cell):
         plan.tampered.append(gid)
+
+
+def bound_names(source: str) -> set[str]:
+    """Top-level names a cell binds (defs, classes, assignments, imports)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
 
 
 _IMPORT_TAMPERING = {"importlib", "__import__", "reload", "modules", "__builtins__", "builtins"}

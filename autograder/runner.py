@@ -291,7 +291,8 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
         student_names = ready.get("names") if isinstance(ready.get("names"), dict) else {}
         wanted = referenced_names([t.source for t in plan.tests])
         for name, kind in sorted(student_names.items()):
-            if not isinstance(name, str) or name not in wanted or name in setup_names:
+            if not isinstance(name, str) or name not in wanted or name in setup_names \
+                    or name not in plan.answer_names:  # only names the lab asks students to define
                 continue
             if kind == "callable":
                 namespace[name] = Proxy(name, sandbox, events)

@@ -1,0 +1,39 @@
+"""Shared helpers for the autograder tests: the fixture course and building submissions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autograder.runner import Course, Lab
+from autograder.sandbox import Limits
+from autograder.submissions import fill_answers, solution_answers
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_COURSE = REPO / "tests" / "fixtures" / "course"
+FIXTURE_LAB = "fixture_lab"
+#: Short limits so timeouts are quick in tests (the defaults are for real classes).
+TEST_LIMITS = Limits(wall_seconds=60, call_seconds=6, cpu_seconds=60)
+
+
+def fixture_lab() -> Lab:
+    return Lab.load(Course.load(FIXTURE_COURSE), FIXTURE_LAB)
+
+
+def submission(lab: Lab, **answers: str) -> bytes:
+    """The solution submission with some answer cells replaced."""
+    return fill_answers(lab.released_bytes, {**solution_answers(lab.source_bytes), **answers})
+
+
+def edit_cells(data: bytes, edit) -> bytes:
+    """Apply ``edit(cells) -> cells`` to a notebook's JSON cell list."""
+    notebook = json.loads(data)
+    notebook["cells"] = edit(notebook["cells"])
+    return json.dumps(notebook).encode()
+
+
+def write_class(root: Path, lab: str, notebooks: dict[str, bytes]) -> Path:
+    """An LMS-style folder ``<root>/<student>/<lab>.ipynb``."""
+    for student, data in notebooks.items():
+        (root / student).mkdir(parents=True, exist_ok=True)
+        (root / student / f"{lab}.ipynb").write_bytes(data)
+    return root

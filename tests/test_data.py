@@ -261,3 +261,13 @@ def test_download_only_when_asked(tmp_path, no_full_dataset, monkeypatch):
     assert calls == []
     images, labels = data.load_fashion_mnist("test", "full", root=target, download=True)
     assert len(labels) == 10 and {c[0] for c in calls} == {str(target)} and all(c[2] for c in calls)
+
+
+@needs_debian
+@pytest.mark.parametrize("split, per_class, seed", [("train", 600, 0), ("test", 300, 1)])
+def test_recutting_reproduces_the_shipped_selection(split, per_class, seed):
+    labels = make_subset.read_idx(DEBIAN / make_subset.FILES[split][1])
+    with np.load(data.SUBSET_PATH) as archive:
+        shipped_indices, shipped_labels = archive[f"{split}_indices"], archive[f"{split}_labels"]
+    np.testing.assert_array_equal(make_subset.stratified_indices(labels, per_class, seed), shipped_indices)
+    np.testing.assert_array_equal(labels[shipped_indices], shipped_labels)

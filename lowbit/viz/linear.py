@@ -151,7 +151,7 @@ def quantization_explorer(weights: torch.Tensor, quantize_fn: Callable = linear_
         "scheme": widgets.ToggleButtons(options=["affine", "symmetric"], value=scheme, description="scheme"),
     }
     with plt.ioff():
-        figure, (ax_hist, ax_err) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True,
+        figure, (ax_hist, ax_err) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, layout="constrained",
                                                  gridspec_kw={"height_ratios": [2, 1]})
     ax_hist.hist(w.numpy(), bins=200, color="0.6")
     ax_hist.set_ylabel("count")
@@ -163,7 +163,6 @@ def quantization_explorer(weights: torch.Tensor, quantize_fn: Callable = linear_
     ax_err.set_xlabel("weight value r")
     ax_err.set_ylabel("r_hat − r")
     title = ax_hist.set_title("")
-    figure.tight_layout()
 
     def update() -> dict[str, Any]:
         n_bits, scheme_now = controls["bits"].value, controls["scheme"].value
@@ -231,7 +230,7 @@ def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Cal
         "bits": widgets.IntSlider(value=bits, min=2, max=8, description="bits", continuous_update=False),
     }
     with plt.ioff():
-        figure, (ax_hist, ax_curve) = plt.subplots(2, 1, figsize=(8, 6))
+        figure, (ax_hist, ax_curve) = plt.subplots(2, 1, figsize=(8, 6), layout="constrained")
     ax_hist.hist(x.numpy(), bins=200, color="0.6", log=True)
     ax_hist.set_xlabel("activation value")
     ax_hist.set_ylabel("count (log)")
@@ -240,6 +239,7 @@ def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Cal
              for name, label, color in [("clip", "clipping MSE", "C1"), ("round", "rounding MSE", "C0"),
                                         ("total", "total MSE", "k")]}
     current = ax_curve.axvline(top, color="C3", linestyle="--", label="threshold")
+    ax_curve.set_xlim(0, top * 1.02)
     ax_curve.set_xlabel("clipping threshold T")
     ax_curve.set_ylabel("MSE (log)")
     title = ax_hist.set_title("")
@@ -270,18 +270,19 @@ def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Cal
         n_bits, threshold = controls["bits"].value, controls["threshold"].value
         if n_bits not in curve_cache:
             curve_cache[n_bits] = torch.tensor([errors_at(float(t), n_bits)[:3] for t in thresholds])
-            curves = curve_cache[n_bits].clamp(min=1e-20)
+            positive = curve_cache[n_bits][curve_cache[n_bits] > 0]
+            floor = float(positive.min()) / 2 if positive.numel() else 1e-12
+            curves = curve_cache[n_bits].clamp(min=floor)
             for column, name in enumerate(("clip", "round", "total")):
                 lines[name].set_data(thresholds.numpy(), curves[:, column].numpy())
             ax_curve.set_yscale("log")
-            ax_curve.relim()
-            ax_curve.autoscale_view()
+            ax_curve.set_ylim(floor, float(curves.max()) * 2)
             for marker in markers:
                 marker.remove()
             markers.clear()
             for i, (method, value) in enumerate(choices_for(n_bits).items()):
                 markers.append(ax_curve.axvline(value, color=f"C{i + 4}", linewidth=1, alpha=0.8, label=method))
-            ax_curve.legend(loc="upper right", fontsize="small")
+            ax_curve.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         clip_mse, round_mse, total_mse, x_hat = errors_at(threshold, n_bits)
         lo, hi = _clip_range(x_min, x_max, threshold)
         clip_lines[0].set_xdata([lo, lo])
@@ -293,7 +294,6 @@ def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Cal
         return {"threshold": float(threshold), "bits": n_bits, "clip_mse": clip_mse, "round_mse": round_mse,
                 "total_mse": total_mse, "sqnr_db": sqnr, "choices": dict(choices_for(n_bits))}
 
-    figure.tight_layout()
     return _finish(Explorer("clipping_explorer", figure, controls, update, live), show)
 
 
@@ -313,13 +313,12 @@ def channel_range_boxplot(model: nn.Module, show: bool = True) -> matplotlib.fig
     if not names:
         raise ValueError("the model has no Conv2d or Linear layer")
     with plt.ioff():
-        figure, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5))
+        figure, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5), layout="constrained")
     ax.boxplot(ranges)
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set_yscale("log")
     ax.set_ylabel("max |w| per output channel")
     ax.set_title("Per-channel weight ranges (one box per layer)")
-    figure.tight_layout()
     if show:
         display(figure)
     plt.close(figure)

@@ -249,6 +249,7 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     if breach is not None:
         statuses.append(breach.status)
         reasons.append(breach.reason)
+    reasons.extend(e for e in events if e.startswith("setup cell"))
     if "memory" in events:
         statuses.append("memory")
         reasons.append(f"the student's code ran out of memory (limit {limits.memory_bytes >> 20} MiB)")
@@ -286,6 +287,11 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
                        and not c.get("ok")}
         if any(isinstance(e, dict) and e.get("memory") for e in cell_errors.values()):
             events.append("memory")
+        student_keys = {c["key"] for c in plan.worker_cells if c["student"]}
+        for key, error in cell_errors.items():
+            if key not in student_keys and isinstance(error, dict):
+                events.append(f"setup cell {key} failed in the sandbox: {error.get('type')}: "
+                              f"{str(error.get('message'))[:300]}")
         namespace = run_setup(plan.setup_sources)
         setup_names = set(namespace)
         student_names = ready.get("names") if isinstance(ready.get("names"), dict) else {}
@@ -322,6 +328,8 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
         breach = exc
         cells = [_cell(t, 0.0, False, f"not graded: {exc.status} ({exc.reason})", []) for t in plan.tests]
     finally:
+        if breach is None and sandbox.proc.poll() is None and sandbox.finish():
+            breach = Breach("crashed", "the notebook's process broke the grading protocol (unexpected output)")
         hits = list(sandbox.tripwire_hits)
         sandbox.close()
     return cells, breach, events, hits

@@ -112,6 +112,7 @@ def bwrap_command(extra_paths: list[Path], uid: int, limits: Limits) -> list[str
     for file in WORKER_FILES:
         cmd += ["--ro-bind", str(file), f"{SANDBOX_GRADER_DIR}/{file.name}"]
     for index, path in enumerate(extra_paths):
+        _mkdirs(cmd, Path(f"/opt/packages/{index}"), made)
         cmd += ["--ro-bind", str(Path(path).resolve()), f"/opt/packages/{index}"]
     env = {"PATH": "/usr/bin:/bin", "HOME": "/scratch", "TMPDIR": "/tmp", "NBGRADER_EXECUTION": "autograde",
            "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -252,6 +253,23 @@ class Sandbox:
         detail = f"signal {signal.Signals(signum).name}" if signum in signal.valid_signals() and signum else \
             f"exit code {code}"
         return Breach("crashed", f"{what} ({detail})")
+
+    def finish(self, timeout: float = 2.0) -> bool:
+        """Ask the worker to exit; True if it sent anything beyond the replies it owed (protocol violation)."""
+        try:
+            self.send({"op": "exit"})
+        except Breach:
+            pass
+        extra = self._buffer.strip()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.selector.select(max(0.0, end - time.monotonic())):
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
+            if not chunk:
+                break
+            extra += chunk.strip()
+            if len(extra) > 1 << 20:
+                break
+        return bool(extra)
 
     def stderr_tail(self, limit: int = 2000) -> str:
         self.stderr_file.seek(0, os.SEEK_END)

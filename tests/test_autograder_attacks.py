@@ -200,7 +200,8 @@ def test_lying_tensor_subclass_comes_back_as_a_plain_tensor(graded):
 def test_forged_protocol_messages_score_nothing(graded):
     result = row(graded, "forged_protocol")
     assert cell(graded, "forged_protocol", "test_symmetric_scale")["score"] == 0
-    assert result["score"] <= 4.0
+    assert result["status"] == "crashed"
+    assert any("protocol" in reason for reason in result["reasons"])
 
 
 def test_hidden_tests_and_solutions_are_unreadable(graded):
@@ -304,3 +305,5 @@ def test_every_row_has_a_known_status(graded):
     allowed = {"ok", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged"}
     assert {r["status"] for r in graded["results"].values()} <= allowed
     assert {r["sandbox"] for r in graded["results"].values()} == {"bwrap"}
+    # the lab's own setup cell ran fine in every sandbox (attacks are not "passing" for a broken setup)
+    assert not [r for r in graded["results"].values() for reason in r["reasons"] if "setup cell" in reason]

@@ -216,3 +216,40 @@ def test_integerize_sequential_mlp():
     scale, _ = integer_model.output_qparams
     with torch.no_grad():
         assert float((integer_model(x) - model(x)).abs().max()) < 4 * scale
+
+
+def test_integerize_runs_student_functions_and_lab_helpers(cnn_and_images):
+    model, calib, test = cnn_and_images
+    calls = {"matmul": 0, "linear": 0}
+
+    def student_matmul(q_a, z_a, q_b, z_b):
+        calls["matmul"] += 1
+        return quantized_matmul(q_a, z_a, q_b, z_b)
+
+    def student_linear(*args):
+        calls["linear"] += 1
+        return quantized_linear(*args)
+
+    reference = integerize(model, calib)
+    student = integerize(model, calib, matmul_fn=student_matmul, linear_fn=student_linear)
+    assert torch.equal(student.forward_integer(test[:8]), reference.forward_int(test[:8]))
+    assert calls == {"matmul": 3, "linear": 1}
+    codes = reference.forward_fake_quant(test)
+    assert codes.dtype == torch.uint8
+    assert int((codes.int() - reference.forward_int(test).int()).abs().max()) <= 1
+    labels = reference.forward_int(test).argmax(1)
+    loader = [(test[:40], labels[:40]), (test[40:], labels[40:])]
+    assert reference.evaluate(loader) == 1.0
+    assert reference.evaluate(loader, max_batches=1) == 1.0
+    wrong = [(test, (labels + 1) % 10)]
+    assert reference.evaluate(wrong) == 0.0
+
+
+def test_time_int8_linear_returns_positive_times_and_restores_threads():
+    from lowbit.quant.integer import time_int8_linear
+    threads = torch.get_num_threads()
+    timing = time_int8_linear(8, 32, repeats=2, threads=1)
+    assert timing["fp32_ms"] > 0 and timing["int8_ms"] > 0 and isinstance(timing["engine"], str)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError):
+        time_int8_linear(0, 32)

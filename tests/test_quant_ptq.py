@@ -136,3 +136,59 @@ def test_ptq_on_fashion_cnn_keeps_predictions_at_8_bits():
         agree = (quantized(test).argmax(1) == folded(test).argmax(1)).float().mean()
     assert agree >= 0.9
     assert len(quantized.activation_quantizers()) == 4                      # input + three ReLUs
+
+
+def test_map_weights_applies_fn_to_copies_and_checks_shape():
+    from lowbit.quant.ptq import map_weights
+    model = small_cnn()
+    before = state(model)
+    seen = []
+
+    def halve(w):
+        seen.append(tuple(w.shape))
+        w.mul_(0.0)                                                    # mutating its argument must not leak
+        return torch.ones_like(w) * 0.5
+
+    mapped = map_weights(model, halve)
+    assert unchanged(model, before)
+    assert seen == [(4, 1, 3, 3), (8, 4, 3, 3), (10, 200)]
+    assert torch.all(mapped[0].weight == 0.5) and torch.equal(mapped[0].bias, model[0].bias)
+    with pytest.raises(ValueError, match="same shape"):
+        map_weights(model, lambda w: w.flatten())
+
+
+def test_collect_activations_returns_layer_inputs():
+    from lowbit.quant.ptq import collect_activations
+    model, x = small_cnn(), images(10)
+    acts = collect_activations(model, x, batch_size=4)
+    assert list(acts) == ["0", "3", "6"]
+    assert torch.equal(acts["0"], x)
+    with torch.no_grad():
+        expected = model[2](model[1](model[0](x)))
+    assert torch.allclose(acts["3"], expected) and acts["6"].shape == (10, 200)
+    assert not model._forward_pre_hooks and not model[0]._forward_pre_hooks
+
+
+def test_static_ptq_with_plain_functions():
+    from lowbit.quant.calibration import minmax, percentile_range
+    from lowbit.quant.granularity import per_channel_qparams
+    from lowbit.quant.ptq import RangeFunctionObserver, static_ptq
+    model, x = small_cnn(), images(64)
+    before = state(model)
+    calls = []
+
+    def range_fn(values):
+        calls.append(values.numel())
+        return minmax(values)
+
+    default = static_ptq(model, x, 8, 8)
+    explicit = static_ptq(model, x, 8, 8, weight_scale_fn=per_channel_qparams, range_fn=range_fn)
+    assert unchanged(model, before)
+    assert torch.equal(default(x), explicit(x))
+    assert calls[0] == x.numel() and len(calls) == 3                   # input + two ReLUs, whole set each
+    assert all(isinstance(q.observer, RangeFunctionObserver) for q in explicit.activation_quantizers())
+    clipped = static_ptq(model, x, 8, 4, range_fn=lambda v: percentile_range(v, 99.0))
+    assert clipped.input_quant.scale < default.input_quant.scale * 255 / 15
+    weights = explicit.model[3].weight.detach()
+    for row in weights.reshape(8, -1):
+        assert row.unique().numel() <= 255

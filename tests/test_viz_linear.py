@@ -124,3 +124,16 @@ def test_channel_range_boxplot():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "3"]
     with pytest.raises(ValueError, match="no Conv2d"):
         viz.channel_range_boxplot(nn.Sequential(nn.ReLU()), show=False)
+
+
+def test_clipping_explorer_markers_come_from_the_students_functions(activations):
+    def student_mse(x, bits):
+        return 0.0, 2.5
+
+    def broken_kl(hist, edges, bits):
+        raise NotImplementedError()
+
+    explorer = viz.clipping_explorer(activations, bits=4, mse_fn=student_mse, kl_fn=broken_kl, show=False)
+    assert explorer.stats["choices"]["mse"] == 2.5
+    assert "kl" not in explorer.stats["choices"] and "NotImplementedError" in explorer.stats["choice_errors"]["kl"]
+    assert explorer.stats["total_mse"] > 0                           # the rest of the widget still works

@@ -96,7 +96,7 @@ def _candidate_errors(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits:
 
 
 def mse_clip_range(x: torch.Tensor, bits: int, num_candidates: int = 100,
-                   max_elements: int = 2 ** 22) -> tuple[float, float]:
+                   max_elements: int = 2 ** 20) -> tuple[float, float]:
     """The range α·[min, max] minimizing the MSE of affine fake-quant at ``bits``, α ∈ {k/num_candidates}.
 
     Vectorized over candidates (in chunks so that at most ~2^24 elements are alive at once). Tensors larger

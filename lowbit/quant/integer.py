@@ -25,8 +25,11 @@ Conventions of this module:
 from __future__ import annotations
 
 import math
+import statistics
+import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +37,11 @@ from torch import nn
 
 from lowbit.quant.calibration import Observer, make_observer
 from lowbit.quant.granularity import per_channel_qparams
-from lowbit.quant.linear import (_check_bits, fake_quantize, linear_dequantize, linear_quantize, quantized_range,
-                                 storage_dtype)
+from lowbit.quant.linear import (_check_bits, affine_qparams, fake_quantize, linear_dequantize, linear_quantize,
+                                 quantized_range, storage_dtype)
 
 __all__ = ["quantized_matmul", "quantize_bias", "quantize_multiplier", "requantize", "quantized_linear",
-           "quantized_conv2d", "IntegerCNN", "integerize", "fake_quant_cnn"]
+           "quantized_conv2d", "IntegerCNN", "integerize", "fake_quant_cnn", "time_int8_linear"]
 
 _INT32 = torch.iinfo(torch.int32)
 _EXACT_FLOAT64 = 2 ** 53
@@ -214,12 +217,14 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 def quantized_conv2d(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: torch.Tensor,
                      w_scale: torch.Tensor, q_bias: torch.Tensor | None, y_scale: float, y_zero_point: int,
                      stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, bits: int = 8,
-                     multiplier: str = "float") -> torch.Tensor:
+                     multiplier: str = "float", matmul_fn: Callable | None = None) -> torch.Tensor:
     """Integer-only 2-d convolution by im2col + ``quantized_matmul``.
 
     The input is padded with its zero point x_zero_point (the integer that represents real 0), unfolded into
     columns and multiplied with the flattened weights. Shapes: q_x [N, C, H, W] unsigned, q_w
     [out, C, kh, kw] signed symmetric, w_scale [out]; returns [N, out, H', W'] unsigned codes.
+    ``matmul_fn`` (default ``quantized_matmul``) computes the int32 accumulator (a student's version can be
+    plugged in); bias and requantization follow as in ``quantized_linear``.
     """
     q_x, q_w = _check_int_tensor(q_x, "q_x"), _check_int_tensor(q_w, "q_w")
     if q_x.ndim != 4 or q_w.ndim != 4 or q_x.shape[1] != q_w.shape[1]:
@@ -233,8 +238,17 @@ def quantized_conv2d(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: 
     columns = F.unfold(padded, (kh, kw), stride=(sh, sw))                    # [N, C·kh·kw, L]
     out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
     rows = columns.transpose(1, 2).reshape(-1, columns.shape[1]).to(torch.int32)
-    q_y = quantized_linear(rows, x_scale, x_zero_point, q_w.reshape(out_channels, -1), w_scale, q_bias,
-                           y_scale, y_zero_point, bits, multiplier)
+    if matmul_fn is None:
+        q_y = quantized_linear(rows, x_scale, x_zero_point, q_w.reshape(out_channels, -1), w_scale, q_bias,
+                               y_scale, y_zero_point, bits, multiplier)
+    else:
+        acc = matmul_fn(rows, x_zero_point, q_w.reshape(out_channels, -1).t(), 0).to(torch.int64)
+        if q_bias is not None:
+            acc = acc + q_bias.to(torch.int64)
+        m = (torch.tensor(float(x_scale), dtype=torch.float32).double()
+             * _scale_vector(w_scale, out_channels, "w_scale").double()
+             / torch.tensor(float(y_scale), dtype=torch.float32).double())
+        q_y = requantize(_to_int32(acc, "accumulator + bias"), m, int(y_zero_point), bits, False, multiplier)
     return q_y.reshape(n, out_h, out_w, out_channels).permute(0, 3, 1, 2).contiguous()
 
 
@@ -309,8 +323,10 @@ class IntegerCNN:
     """
 
     def __init__(self, steps: list[Step], input_qparams: tuple[float, int], bits: int,
-                 multiplier: str = "float") -> None:
+                 multiplier: str = "float", matmul_fn: Callable | None = None,
+                 linear_fn: Callable | None = None) -> None:
         self.steps, self.input_qparams, self.bits, self.multiplier = steps, input_qparams, bits, multiplier
+        self.matmul_fn, self.linear_fn = matmul_fn, linear_fn
         last = [s.layer for s in steps if s.layer is not None][-1]
         self.output_qparams: tuple[float, int] = (last.out_scale, last.out_zero_point)
 
@@ -328,8 +344,12 @@ class IntegerCNN:
         if step.kind == "conv":
             return quantized_conv2d(q, layer.in_scale, layer.in_zero_point, layer.q_weight, layer.w_scale,
                                     layer.q_bias, layer.out_scale, layer.out_zero_point, layer.stride,
-                                    layer.padding, self.bits, self.multiplier), layer.out_zero_point
+                                    layer.padding, self.bits, self.multiplier, self.matmul_fn), layer.out_zero_point
         if step.kind == "linear":
+            if self.linear_fn is not None:       # a student's quantized_linear: the course signature
+                return self.linear_fn(q, layer.in_scale, layer.in_zero_point, layer.q_weight, layer.w_scale,
+                                      layer.q_bias, layer.out_scale, layer.out_zero_point, self.bits), \
+                    layer.out_zero_point
             return quantized_linear(q, layer.in_scale, layer.in_zero_point, layer.q_weight, layer.w_scale,
                                     layer.q_bias, layer.out_scale, layer.out_zero_point, self.bits,
                                     self.multiplier), layer.out_zero_point
@@ -342,9 +362,31 @@ class IntegerCNN:
             return q.flatten(step.options["start_dim"], step.options["end_dim"]), zero_point
         raise AssertionError(f"unknown step {step.kind}")
 
+    forward_integer = forward_int
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         scale, zero_point = self.output_qparams
         return linear_dequantize(self.forward_int(images), scale, zero_point)
+
+    def forward_fake_quant(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The output codes of the fake-quant simulation (``simulate``), same dtype as ``forward_int``:
+        compare them with ``forward_int(images)`` integer to integer."""
+        scale, zero_point = self.output_qparams
+        q_min, q_max = quantized_range(self.bits, signed=False)
+        codes = torch.round(self.simulate(images, dtype).double() / scale) + zero_point
+        return codes.clamp(q_min, q_max).to(storage_dtype(self.bits, signed=False))
+
+    def evaluate(self, loader: Iterable, max_batches: int | None = None) -> float:
+        """Top-1 accuracy of the integer path over (images, labels) batches, as a fraction in [0, 1]."""
+        correct, seen = 0, 0
+        for index, (images, labels) in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            correct += int((self.forward_int(images).argmax(dim=1) == labels).sum())
+            seen += labels.numel()
+        if seen == 0:
+            raise ValueError("evaluate() got an empty loader")
+        return correct / seen
 
     # fake-quant simulation --------------------------------------------------------------------
     @torch.no_grad()
@@ -416,7 +458,8 @@ def _observed_qparams(observer_name: str, bits: int, tensor: torch.Tensor) -> tu
 
 @torch.no_grad()
 def integerize(model_folded: nn.Module, calib_images: torch.Tensor, bits: int = 8, observer: str = "minmax",
-               multiplier: str = "float") -> IntegerCNN:
+               multiplier: str = "float", matmul_fn: Callable | None = None,
+               linear_fn: Callable | None = None) -> IntegerCNN:
     """Build an ``IntegerCNN`` from a BN-folded model whose forward is its children in order (FashionCNN,
     nn.Sequential) made of Conv2d, Linear, ReLU, MaxPool2d, Flatten (Identity/Dropout skipped).
 
@@ -424,7 +467,9 @@ def integerize(model_folded: nn.Module, calib_images: torch.Tensor, bits: int = 
     the output range of every conv/linear — taken after the ReLU that follows it, if one does (ReLU fused
     into the requantization, as torch.ao and Jacob et al. do; the explicit ReLU step is then a no-op clamp
     at the zero point). Activations are unsigned ``bits``-bit, weights signed per-channel symmetric.
-    ``model_folded`` is not modified.
+    ``matmul_fn`` (the convolutions' integer matmul, signature of ``quantized_matmul``) and ``linear_fn``
+    (the linear layers, signature of ``quantized_linear``) default to lowbit's; pass a student's to run
+    the network on their code. ``model_folded`` is not modified.
     """
     bits = _check_bits(bits, low=2, high=16)
     if not isinstance(calib_images, torch.Tensor) or not calib_images.is_floating_point() or calib_images.numel() == 0:
@@ -460,7 +505,7 @@ def integerize(model_folded: nn.Module, calib_images: torch.Tensor, bits: int = 
             steps.append(Step("flatten", name, options=dict(start_dim=module.start_dim, end_dim=module.end_dim)))
     if not any(step.layer is not None for step in steps):
         raise ValueError("the model has no Conv2d or Linear layer")
-    return IntegerCNN(steps, input_qparams, bits, multiplier)
+    return IntegerCNN(steps, input_qparams, bits, multiplier, matmul_fn, linear_fn)
 
 
 def fake_quant_cnn(model_folded: nn.Module, calib_images: torch.Tensor, bits: int = 8,
@@ -468,3 +513,57 @@ def fake_quant_cnn(model_folded: nn.Module, calib_images: torch.Tensor, bits: in
     """The float32 fake-quant simulation of ``integerize(model_folded, calib_images, bits)``:
     a callable images [N, C, H, W] → logits float32 [N, classes] on the same integer grid."""
     return integerize(model_folded, calib_images, bits, observer).simulate
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()                                                                       # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+@torch.no_grad()
+def time_int8_linear(rows: int, features: int, repeats: int = 20, seed: int = 0,
+                     threads: int | None = 1) -> dict[str, float]:
+    """Median milliseconds of [rows, features] @ [features, features]^T + bias with fp32 ``nn.Linear`` and
+    with PyTorch's int8 CPU kernel (``torch.ao.nn.quantized.Linear``: quint8 activations, per-channel qint8
+    weights, default quantized engine — fbgemm/x86 or qnnpack), input already quantized.
+
+    Returns {"fp32_ms", "int8_ms", "engine"}. Run back to back in this process; for a fuller comparison see
+    ``benchmarks/bench_quant_linear.py``. PyTorch's deprecation warnings for quantized tensors are silenced.
+    Both run on ``threads`` intra-op threads (default 1: on a shared or busy CPU, multi-threaded timings
+    are dominated by scheduler waits); the previous thread count is restored.
+    """
+    if repeats < 1 or rows < 1 or features < 1:
+        raise ValueError("rows, features and repeats must be >= 1")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _time_int8_linear(rows, features, repeats, seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _time_int8_linear(rows: int, features: int, repeats: int, seed: int) -> dict[str, float]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.relu(torch.randn(rows, features, generator=g))
+    layer = nn.Linear(features, features).eval()
+    y = layer(x)
+    x_scale, x_zp = affine_qparams(float(x.min()), float(x.max()), 8, signed=False)
+    y_scale, y_zp = affine_qparams(float(y.min()), float(y.max()), 8, signed=False)
+    w_scale = per_channel_qparams(layer.weight.detach(), 8).reshape(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8_layer = torch.ao.nn.quantized.Linear(features, features)
+        q_weight = torch.quantize_per_channel(layer.weight.detach(), w_scale.double(),
+                                              torch.zeros(features, dtype=torch.int64), 0, torch.qint8)
+        int8_layer.set_weight_bias(q_weight, layer.bias.detach())
+        int8_layer.scale, int8_layer.zero_point = y_scale, y_zp
+        q_x = torch.quantize_per_tensor(x, x_scale, x_zp, torch.quint8)
+        int8_ms = _median_ms(lambda: int8_layer(q_x), repeats)
+    return {"fp32_ms": _median_ms(lambda: layer(x), repeats), "int8_ms": int8_ms,
+            "engine": torch.backends.quantized.engine}

@@ -10,18 +10,19 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lowbit.quant.calibration import OBSERVERS, Observer, make_observer
+from lowbit.quant.calibration import OBSERVERS, Observer, _SampleObserver, make_observer
 from lowbit.quant.granularity import _as_groups, _from_groups, _symmetric_fake_quantize
-from lowbit.quant.linear import _check_bits, fake_quantize, symmetric_qparams
+from lowbit.quant.linear import _check_bits, fake_quantize, linear_dequantize, linear_quantize, symmetric_qparams
 
 __all__ = ["GRANULARITIES", "CLIPS", "mse_symmetric_scale", "fake_quantize_weight", "quantize_weights",
-           "ActivationFakeQuant", "PTQModel", "ptq"]
+           "map_weights", "collect_activations", "ActivationFakeQuant", "PTQModel", "RangeFunctionObserver", "ptq",
+           "static_ptq"]
 
 GRANULARITIES = ("tensor", "channel", "group")
 CLIPS = ("minmax", "mse")
@@ -83,6 +84,50 @@ def quantize_weights(model: nn.Module, bits: int, granularity: str = "channel", 
     return quantized
 
 
+def map_weights(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` with every Conv2d / Linear weight replaced by ``fn(weight)`` (e.g. a
+    fake-quantizer built from the student's functions). ``fn`` gets a detached copy and must return a float
+    tensor of the same shape. ``model`` is not modified."""
+    mapped = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in mapped.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                new = fn(module.weight.detach().clone())
+                if not isinstance(new, torch.Tensor) or new.shape != module.weight.shape:
+                    got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                    raise ValueError(f"map_weights: fn returned {got} for {name}.weight of shape "
+                                     f"{tuple(module.weight.shape)}; it must return a tensor of the same shape")
+                module.weight.copy_(new.to(module.weight.dtype))
+    return mapped
+
+
+@torch.no_grad()
+def collect_activations(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """The input of every Conv2d / Linear layer over ``images`` [N, C, H, W]: name → float32 tensor
+    [N, ...] (e.g. ``"conv2"`` → [N, 32, 14, 14] for FashionCNN). Runs in eval mode; ``model`` is unchanged."""
+    if not isinstance(images, torch.Tensor) or images.numel() == 0:
+        raise ValueError("images must be a non-empty tensor [N, C, H, W]")
+    collected: dict[str, list[torch.Tensor]] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            collected.setdefault(name, []).append(inputs[0].detach().to(torch.float32).clone())
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name)) for name, module in model.named_modules()
+               if isinstance(module, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in images.split(batch_size):
+            model(batch)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in collected.items()}
+
+
 class ActivationFakeQuant(nn.Module):
     """Observes its input while ``calibrating``; afterwards fake-quantizes it (unsigned affine, ``bits``)."""
 
@@ -122,6 +167,21 @@ class PTQModel(nn.Module):
         return [m for m in self.modules() if isinstance(m, ActivationFakeQuant)]
 
 
+class RangeFunctionObserver(_SampleObserver):
+    """Keeps every observed value and returns ``range_fn(all values)`` — for calibrators written as plain
+    functions x → (lo, hi) (e.g. a student's ``mse_clip_range`` with the bits fixed)."""
+
+    name = "function"
+
+    def __init__(self, range_fn: Callable[[torch.Tensor], tuple[float, float]]) -> None:
+        super().__init__(max_per_batch=2 ** 62)
+        self.range_fn = range_fn
+
+    def _range(self) -> tuple[float, float]:
+        lo, hi = self.range_fn(self.values())
+        return float(lo), float(hi)
+
+
 def _insert_after_relus(model: nn.Module, make_quantizer) -> int:
     """Replace every nn.ReLU child (at any depth) by nn.Sequential(ReLU, quantizer); returns the count."""
     count = 0
@@ -146,8 +206,9 @@ def _image_batches(data: torch.Tensor | Iterable, batch_size: int = 256) -> list
 
 @torch.no_grad()
 def ptq(model: nn.Module, calib: torch.Tensor | Iterable, w_bits: int | None = 8, a_bits: int | None = 8,
-        observer: str = "minmax", granularity: str = "channel", group_size: int = 32, clip: str = "minmax",
-        max_batches: int | None = None, progress: bool = True) -> PTQModel:
+        observer: str | Callable[[], Observer] = "minmax", granularity: str = "channel", group_size: int = 32,
+        clip: str = "minmax", max_batches: int | None = None, progress: bool = True,
+        weight_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PTQModel:
     """Static post-training quantization → a fake-quant ``PTQModel`` (eval mode); ``model`` is untouched.
 
     Args:
@@ -155,27 +216,67 @@ def ptq(model: nn.Module, calib: torch.Tensor | Iterable, w_bits: int | None = 8
         calib: images float32 [N, C, H, W] (split into batches of 256) or a loader yielding images or
             (images, labels).
         w_bits / a_bits: weight / activation bits, or None to leave them in float.
-        observer: "minmax", "ema", "percentile", "mse" or "kl" (``lowbit.quant.calibration``), for activations.
+        observer: "minmax", "ema", "percentile", "mse" or "kl" (``lowbit.quant.calibration``) for the
+            activations, or a callable returning a fresh ``Observer``.
         granularity, group_size, clip: for the weights (``quantize_weights``).
+        weight_fn: instead of those, a function weight → fake-quantized weight (``map_weights``).
         max_batches: use only the first calibration batches. progress: show a tqdm bar.
 
     Weights are fake-quantized first, so activation ranges are calibrated on the quantized-weight network.
     Activations are quantized on the input and after every ``nn.ReLU`` module (functional ReLUs inside a
     forward() are not seen).
     """
-    if observer not in OBSERVERS:
+    if isinstance(observer, str) and observer not in OBSERVERS:
         raise ValueError(f"unknown observer {observer!r}; choose one of {', '.join(OBSERVERS)}")
-    quantized = quantize_weights(model, w_bits, granularity, group_size, clip) if w_bits is not None \
-        else copy.deepcopy(model)
+    if weight_fn is not None:
+        quantized = map_weights(model, weight_fn)
+    elif w_bits is not None:
+        quantized = quantize_weights(model, w_bits, granularity, group_size, clip)
+    else:
+        quantized = copy.deepcopy(model)
     if a_bits is None:
         return PTQModel(quantized, nn.Identity()).eval()
     a_bits = _check_bits(a_bits, low=2, high=16)
-    make = lambda: ActivationFakeQuant(make_observer(observer, a_bits), a_bits)   # noqa: E731
+    new_observer = (lambda: make_observer(observer, a_bits)) if isinstance(observer, str) else observer
+    make = lambda: ActivationFakeQuant(new_observer(), a_bits)   # noqa: E731
     _insert_after_relus(quantized, make)
     wrapped = PTQModel(quantized, make()).eval()
     batches = _image_batches(calib)[:max_batches]
-    for images in tqdm(batches, desc=f"calibrating ({observer})", disable=not progress, leave=False):
+    label = observer if isinstance(observer, str) else "custom"
+    for images in tqdm(batches, desc=f"calibrating ({label})", disable=not progress, leave=False):
         wrapped(images)
     for quantizer in wrapped.activation_quantizers():
         quantizer.freeze()
     return wrapped
+
+
+def static_ptq(model: nn.Module, calib_images: torch.Tensor, w_bits: int = 8, a_bits: int = 8,
+               weight_scale_fn: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+               range_fn: Callable[[torch.Tensor], tuple[float, float]] | None = None, fold_bn: bool = True,
+               progress: bool = False) -> PTQModel:
+    """Static PTQ driven by plain functions (the lab's experiment plugs in the student's):
+
+    - weights: symmetric per-channel, scale = ``weight_scale_fn(w, w_bits)`` (signature and shape of
+      ``per_channel_qparams``; default lowbit's), values ``linear_dequantize(linear_quantize(w, scale, 0,
+      w_bits), scale, 0)``;
+    - activations (input and after every ReLU): unsigned affine at ``a_bits`` over
+      ``range_fn(all calibration values at that point)`` → (lo, hi) (default min-max), calibrated in one
+      pass over ``calib_images`` [N, C, H, W] (in batches of 256; each function sees the whole set).
+
+    BatchNorm is folded into the convolutions first (``fold_bn``), as deployment would. ``model`` is unchanged.
+    """
+    from lowbit.models import fold_batchnorm
+    from lowbit.quant.calibration import minmax
+    from lowbit.quant.granularity import per_channel_qparams
+
+    scale_fn = weight_scale_fn or per_channel_qparams
+    w_bits = _check_bits(w_bits, low=2)
+
+    def weight_fn(w: torch.Tensor) -> torch.Tensor:
+        scale = scale_fn(w, w_bits)
+        return linear_dequantize(linear_quantize(w, scale, 0, w_bits), scale, 0)
+
+    source = fold_batchnorm(model) if fold_bn else model
+    ranges = range_fn or minmax
+    return ptq(source, calib_images, w_bits, a_bits, observer=lambda: RangeFunctionObserver(ranges),
+               weight_fn=weight_fn, progress=progress)

@@ -207,13 +207,16 @@ def _clip_range(x_min: float, x_max: float, threshold: float) -> tuple[float, fl
 
 def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Callable = linear_quantize,
                       dequantize_fn: Callable = linear_dequantize, qparams_fn: Callable = affine_qparams,
+                      mse_fn: Callable = calibration.mse_clip_range, kl_fn: Callable = calibration.kl_clip_threshold,
                       num_thresholds: int = 60, show: bool = True, max_values: int = 50_000) -> Explorer:
     """Drag a clipping threshold T over an activation histogram and see clipping vs rounding error.
 
     The quantized range is [0, T] for non-negative activations (after ReLU), else [-T, T] (cut to the data);
     qparams from ``qparams_fn(lo, hi, bits, signed=False)``. Curves over ``num_thresholds`` thresholds:
     clipping MSE mean((x − clamp(x))²), rounding MSE mean((clamp(x) − x_hat)²) and total MSE mean((x − x_hat)²).
-    Marked choices: min-max, 99.99th percentile, MSE-optimal (``mse_clip_range``) and TensorRT KL.
+    Marked choices: min-max, 99.99th percentile, MSE-optimal (``mse_fn(x, bits) → (lo, hi)``) and TensorRT KL
+    (``kl_fn(hist, bin_edges, bits) → threshold`` on a 2048-bin histogram of |x|, TensorRT's level count
+    2^(bits-1)). A failing ``mse_fn``/``kl_fn`` only loses its marker (reported in ``stats["choice_errors"]``).
     Controls: ``threshold`` and ``bits`` (both update on release). Stats: threshold, clip_mse, round_mse,
     total_mse, sqnr_db and ``choices`` (method → threshold).
     """
@@ -255,13 +258,22 @@ def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Cal
     choices_cache: dict[int, dict[str, float]] = {}
     curve_cache: dict[int, torch.Tensor] = {}
 
+    choice_errors: dict[str, str] = {}
+
     def choices_for(n_bits: int) -> dict[str, float]:
         if n_bits not in choices_cache:
             lo_p, hi_p = calibration.percentile_range(x, 99.99)
-            lo_m, hi_m = calibration.mse_clip_range(x, n_bits)
-            kl = calibration.KLObserver(bits=n_bits).update(x).range()
-            choices_cache[n_bits] = {"minmax": top, "percentile": max(abs(lo_p), abs(hi_p)),
-                                     "mse": max(abs(lo_m), abs(hi_m)), "kl": max(abs(kl[0]), abs(kl[1]))}
+            found = {"minmax": top, "percentile": max(abs(lo_p), abs(hi_p))}
+            try:
+                lo_m, hi_m = mse_fn(x, n_bits)
+                found["mse"] = max(abs(float(lo_m)), abs(float(hi_m)))
+            except Exception as exc:  # the student's function: report, keep the other markers
+                choice_errors["mse"] = f"{type(exc).__name__}: {exc}"
+            try:
+                found["kl"] = float(kl_fn(*calibration.abs_histogram(x, 2048), n_bits))
+            except Exception as exc:
+                choice_errors["kl"] = f"{type(exc).__name__}: {exc}"
+            choices_cache[n_bits] = found
         return choices_cache[n_bits]
 
     markers: list = []
@@ -291,8 +303,11 @@ def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Cal
         sqnr = sqnr_db(x, x_hat)
         title.set_text(f"T = {threshold:.3g}, {n_bits} bits: total MSE {total_mse:.3g} "
                        f"(clip {clip_mse:.2g} + round {round_mse:.2g}), SQNR {sqnr:.1f} dB")
-        return {"threshold": float(threshold), "bits": n_bits, "clip_mse": clip_mse, "round_mse": round_mse,
-                "total_mse": total_mse, "sqnr_db": sqnr, "choices": dict(choices_for(n_bits))}
+        stats = {"threshold": float(threshold), "bits": n_bits, "clip_mse": clip_mse, "round_mse": round_mse,
+                 "total_mse": total_mse, "sqnr_db": sqnr, "choices": dict(choices_for(n_bits))}
+        if choice_errors:
+            stats["choice_errors"] = dict(choice_errors)
+        return stats
 
     return _finish(Explorer("clipping_explorer", figure, controls, update, live), show)
 

@@ -242,7 +242,8 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     if scan:
         statuses.append("flagged")
         reasons.extend(scan)
-    cells, breach, events, hits = _run_tests(plan, lab, mode, limits, sandbox_paths)
+    cells, breach, events, hits, uid = _run_tests(plan, lab, mode, limits, sandbox_paths)
+    result["sandbox_uid"] = uid
     if hits:
         statuses.append("flagged")
         reasons.append("called protected reference implementation(s): " + ", ".join(sorted(set(hits))))
@@ -332,7 +333,7 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
             breach = Breach("crashed", "the notebook's process broke the grading protocol (unexpected output)")
         hits = list(sandbox.tripwire_hits)
         sandbox.close()
-    return cells, breach, events, hits
+    return cells, breach, events, hits, sandbox.uid
 
 
 def split_hidden(source: str) -> tuple[str, str]:

@@ -145,11 +145,12 @@ def bwrap_problem() -> str | None:
     return None
 
 
-def _limit_resources(limits: Limits) -> None:
+def _limit_resources(limits: Limits, limit_processes: bool = True) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
     resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    if limit_processes:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
@@ -165,6 +166,7 @@ class Sandbox:
         self._next_id = 0
         self._scratch: tempfile.TemporaryDirectory | None = None
         self.tripwire_hits: list[str] = []
+        self.uid: int | None = None
         self.proc = self._launch()
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ)
@@ -172,7 +174,7 @@ class Sandbox:
     def _launch(self) -> subprocess.Popen:
         limits = self.limits
         if self.mode == "bwrap":
-            uid = 100_000 + os.getpid() % 50_000  # one uid per grading process: NPROC counts per uid
+            uid = self.uid = 100_000 + os.getpid() % 50_000  # one uid per grading process: NPROC counts per uid
             cmd, cwd, env = bwrap_command(self.extra_paths, uid, limits), "/", {}
         else:
             self._scratch = tempfile.TemporaryDirectory(prefix="lowbit-unsafe-")
@@ -180,10 +182,11 @@ class Sandbox:
             cmd = [sys.executable, "-I", str(HERE / "sandbox_worker.py")]
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": cwd, "NBGRADER_EXECUTION": "autograde",
                    "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-        unsafe_nproc = self.mode != "bwrap"
+        # Unsafe mode runs as the caller's uid: RLIMIT_NPROC would count all of their processes.
+        limit_processes = self.mode == "bwrap"
 
         def preexec() -> None:
-            _limit_resources(limits if not unsafe_nproc else _no_nproc(limits))
+            _limit_resources(limits, limit_processes)
 
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_file,
                                 cwd=cwd, env=env, preexec_fn=preexec, start_new_session=True)
@@ -303,7 +306,3 @@ class Sandbox:
         if self._scratch is not None:
             self._scratch.cleanup()
 
-
-def _no_nproc(limits: Limits) -> Limits:
-    """Unsafe mode runs as the caller's uid: RLIMIT_NPROC would count all of their processes, so lift it."""
-    return Limits(**{**limits.__dict__, "processes": resource.RLIM_INFINITY})

@@ -245,11 +245,20 @@ def test_integerize_runs_student_functions_and_lab_helpers(cnn_and_images):
     assert reference.evaluate(wrong) == 0.0
 
 
-def test_time_int8_linear_returns_positive_times_and_restores_threads():
+def test_time_int8_linear_returns_positive_times_restores_settings_and_is_quiet(capfd):
     from lowbit.quant.integer import time_int8_linear
     threads = torch.get_num_threads()
-    timing = time_int8_linear(8, 32, repeats=2, threads=1)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)             # as lowbit.seed_everything does
+    try:
+        timing = time_int8_linear(8, 32, repeats=2, threads=1)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     assert timing["fp32_ms"] > 0 and timing["int8_ms"] > 0 and isinstance(timing["engine"], str)
     assert torch.get_num_threads() == threads
+    assert capfd.readouterr().err == ""
     with pytest.raises(ValueError):
         time_int8_linear(0, 32)

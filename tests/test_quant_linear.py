@@ -306,6 +306,14 @@ def test_symmetric_restricted_never_produces_q_min():
 
 
 # -------------------------------------------------------------------------------------------------- sqnr
+def test_sqnr_db_accepts_parameters_without_warnings():
+    import warnings
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sqnr_db(weight, weight * 1.1) == pytest.approx(20.0)
+
+
 def test_sqnr_db():
     x = torch.tensor([1.0, -1.0, 1.0, -1.0])
     assert sqnr_db(x, x * 1.1) == pytest.approx(20.0)

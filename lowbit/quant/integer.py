@@ -535,17 +535,23 @@ def time_int8_linear(rows: int, features: int, repeats: int = 20, seed: int = 0,
     Returns {"fp32_ms", "int8_ms", "engine"}. Run back to back in this process; for a fuller comparison see
     ``benchmarks/bench_quant_linear.py``. PyTorch's deprecation warnings for quantized tensors are silenced.
     Both run on ``threads`` intra-op threads (default 1: on a shared or busy CPU, multi-threaded timings
-    are dominated by scheduler waits); the previous thread count is restored.
+    are dominated by scheduler waits). Deterministic-algorithm mode is switched off while timing (the int8
+    kernel would print a warning per call to stderr); both settings are restored afterwards.
     """
     if repeats < 1 or rows < 1 or features < 1:
         raise ValueError("rows, features and repeats must be >= 1")
     previous_threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     if threads is not None:
         torch.set_num_threads(threads)
+    # quantized kernels resize their outputs, which deterministic mode reports on stderr at every call
+    torch.use_deterministic_algorithms(False)
     try:
         return _time_int8_linear(rows, features, repeats, seed)
     finally:
         torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def _time_int8_linear(rows: int, features: int, repeats: int, seed: int) -> dict[str, float]:

@@ -280,8 +280,8 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     Returns +inf when x_hat == x exactly. Raises ValueError for empty or mismatched shapes, or an all-zero x
     with nonzero error (the ratio is undefined).
     """
-    x = _check_float_tensor(x, "x")
-    x_hat = _check_float_tensor(x_hat, "x_hat")
+    x = _check_float_tensor(x, "x").detach()
+    x_hat = _check_float_tensor(x_hat, "x_hat").detach()
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     if x.numel() == 0:

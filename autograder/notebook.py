@@ -113,15 +113,20 @@ class Plan:
 
 
 def cell_role(cell: dict) -> str:
-    """setup | solution | test | manual | other, from nbgrader metadata."""
+    """setup | solution | test | manual | other, from nbgrader metadata.
+
+    setup: a locked (read-only) code cell whose grade_id starts with ``setup`` — imports, data, models;
+    solution: a code answer cell; test: an autograded code cell; manual: a hand-graded markdown answer;
+    other: everything else (markdown, experiment and widget cells) — never run at grading time.
+    """
     meta = nbgrader_meta(cell)
     if meta.get("solution"):
         return "manual" if meta.get("grade") and cell["cell_type"] == "markdown" else \
             "solution" if cell["cell_type"] == "code" else "other"
     if meta.get("grade") and cell["cell_type"] == "code":
         return "test"
-    if meta.get("locked") and cell["cell_type"] == "code":
-        return "setup"
+    if meta.get("locked") and cell["cell_type"] == "code" and str(meta.get("grade_id", "")).startswith("setup"):
+        return "setup"   # locked code cells named setup* run at grading; other locked cells are experiments
     return "other"
 
 

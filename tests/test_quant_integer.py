@@ -262,3 +262,15 @@ def test_time_int8_linear_returns_positive_times_restores_settings_and_is_quiet(
     assert capfd.readouterr().err == ""
     with pytest.raises(ValueError):
         time_int8_linear(0, 32)
+
+
+def test_integer_functions_do_not_modify_inputs():
+    q_x, x_scale, x_zp, q_w, w_scale, b, _, y_scale, y_zp = _random_linear_problem(5)
+    q_bias = quantize_bias(b, x_scale, w_scale)
+    inputs = [q_x, q_w, w_scale, q_bias, b]
+    copies = [t.clone() for t in inputs]
+    quantized_matmul(q_x, x_zp, q_w.t(), 0)
+    quantized_linear(q_x, x_scale, x_zp, q_w, w_scale, q_bias, y_scale, y_zp, multiplier="fixed")
+    quantize_bias(b, x_scale, w_scale)
+    requantize(q_bias.reshape(1, -1), w_scale, 3)
+    assert all(torch.equal(t, c) for t, c in zip(inputs, copies))

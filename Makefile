@@ -27,6 +27,7 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
+# Release and grading: see course/instructor-guide.md. The grader's sandbox needs bubblewrap (apt-get install bubblewrap).
 release: $(STAMP)
 	$(BIN)/python -m autograder release
 

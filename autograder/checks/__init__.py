@@ -5,9 +5,13 @@ fixture course's ``checks/``) are appended to this package's ``__path__`` by :fu
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 __path__ = list(__path__)  # noqa: F821 - make the package path extendable
+#: Extra check folders from the environment (os.pathsep-separated), e.g. for running nbgrader itself.
+for _folder in filter(None, os.environ.get("AUTOGRADER_CHECKS_PATH", "").split(os.pathsep)):
+    __path__.append(str(Path(_folder).resolve()))
 
 
 def add_checks_path(folder: str | Path) -> None:

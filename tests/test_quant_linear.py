@@ -273,6 +273,8 @@ def test_affine_qparams_elementwise_on_tensors():
     for i in range(4):
         s_i, z_i = affine_qparams(float(lo[i]), float(hi[i]), 8, signed=False)
         assert float(scale[i]) == s_i and int(zp[i]) == z_i
+    scale_b, zp_b = affine_qparams(0.0, hi, 8, signed=False)          # a number broadcasts against a tensor
+    assert scale_b.shape == (4,) and zp_b.tolist() == [0, 0, 0, 0]
 
 
 def test_affine_qparams_errors():

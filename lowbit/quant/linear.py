@@ -224,16 +224,19 @@ def affine_qparams(r_min: Number | torch.Tensor, r_max: Number | torch.Tensor, b
     An all-zero range gives scale 1.0; scales never go below ``MIN_SCALE`` (see module docstring).
 
     Args:
-        r_min, r_max: Python numbers (→ returns ``(float, int)``) or float tensors of the same shape
-            (elementwise, e.g. per channel → returns ``(float32 tensor, int32 tensor)`` of that shape).
+        r_min, r_max: Python numbers (→ returns ``(float, int)``) or float tensors of the same (or
+            broadcastable) shape (elementwise, e.g. per channel → ``(float32 tensor, int32 tensor)``).
     Raises:
         ValueError if r_min > r_max anywhere, a bound is NaN/inf, or bits is not in 1..32.
     """
     q_min, q_max = quantized_range(bits, signed)
     lo, lo_is_tensor = _as_float32(r_min, "r_min")
     hi, hi_is_tensor = _as_float32(r_max, "r_max")
-    if lo.shape != hi.shape:
-        raise ValueError(f"r_min and r_max must have the same shape, got {tuple(lo.shape)} and {tuple(hi.shape)}")
+    try:
+        lo, hi = torch.broadcast_tensors(lo, hi)
+    except RuntimeError:
+        raise ValueError(f"r_min and r_max must have the same shape (or broadcast), got {tuple(lo.shape)} and "
+                         f"{tuple(hi.shape)}") from None
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise ValueError("r_min and r_max must be finite (got NaN or inf; is the tensor empty or diverged?)")
     if bool((lo > hi).any()):

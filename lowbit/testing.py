@@ -10,7 +10,7 @@ given, the likely mistake. On success it prints one short ``✓`` line to stdout
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Callable, Mapping, Sequence
 
 import torch

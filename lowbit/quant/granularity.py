@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.quant.linear import (_check_bits, _check_float_tensor, affine_qparams, fake_quantize, quantized_range,
+from lowbit.quant.linear import (_check_bits, _check_float_tensor, affine_qparams, fake_quantize,
                                  symmetric_qparams)
 
 __all__ = ["per_tensor_qparams", "fake_quantize_per_tensor", "per_channel_qparams", "fake_quantize_per_channel",

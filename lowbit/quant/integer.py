@@ -24,7 +24,6 @@ Conventions of this module:
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 import warnings

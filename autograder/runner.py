@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
+import io
 import hashlib
 import importlib
 import json
 import random
 import re
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,8 +190,9 @@ def run_setup(setup_sources: list[str]) -> dict:
     """Run the source notebook's setup cells on the trusted side; returns the namespace."""
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     seed_all()
-    for index, source in enumerate(setup_sources):
-        exec(compile(strip_magics(source), f"<setup {index}>", "exec"), namespace)  # noqa: S102 - trusted source
+    with contextlib.redirect_stdout(io.StringIO()):
+        for index, source in enumerate(setup_sources):
+            exec(compile(strip_magics(source), f"<setup {index}>", "exec"), namespace)  # noqa: S102 - trusted
     return namespace
 
 
@@ -350,16 +354,21 @@ def _run_test(test: TestCell, namespace: dict) -> dict:
         return _cell(test, 0.0, False, test.missing_reason, [])
     _api.RECORDER.clear()
     seed_all()
+    start = time.perf_counter()
     failure: BaseException | None = None
     for part in split_hidden(strip_magics(test.source)):
         if not part.strip():
             continue
         try:
-            exec(compile(part, f"<test {test.grade_id}>", "exec"), namespace)  # noqa: S102 - trusted source
+            with contextlib.redirect_stdout(io.StringIO()):  # test helpers may print progress
+                exec(compile(part, f"<test {test.grade_id}>", "exec"), namespace)  # noqa: S102 - trusted source
         except Breach:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of a test cell is a failed cell
             failure = failure or exc
     if failure is not None:
-        return _cell(test, 0.0, False, explain_failure(failure, test), list(_api.RECORDER))
-    return _cell(test, test.points, True, "", list(_api.RECORDER))
+        cell = _cell(test, 0.0, False, explain_failure(failure, test), list(_api.RECORDER))
+    else:
+        cell = _cell(test, test.points, True, "", list(_api.RECORDER))
+    cell["seconds"] = round(time.perf_counter() - start, 3)  # informational; never in the CSV
+    return cell

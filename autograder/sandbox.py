@@ -35,9 +35,9 @@ BREACHES = ("timeout", "memory", "crashed")
 class Limits:
     """Per-submission resource limits."""
 
-    wall_seconds: float = 120.0   # whole submission: start-up + student cells + all calls
-    call_seconds: float = 30.0    # one call of a student function
-    cpu_seconds: int = 120
+    wall_seconds: float = 600.0   # whole submission: start-up + student cells + all calls
+    call_seconds: float = 60.0    # one call of a student function
+    cpu_seconds: int = 600
     memory_bytes: int = 3 << 30   # RLIMIT_DATA
     file_bytes: int = 32 << 20
     processes: int = 64

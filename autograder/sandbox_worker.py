@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wire  # noqa: E402
@@ -120,6 +121,13 @@ def run_cells(cells: list[dict], namespace: dict) -> tuple[list[dict], dict[str,
     return results, {k: v for k, v in defined.items() if k in namespace}
 
 
+def snapshot(value) -> str | None:
+    """Serialized argument to detect in-place edits; None for iterators (consumed by design)."""
+    if isinstance(value, Iterator):
+        return None
+    return json.dumps(wire.encode(value), sort_keys=True)
+
+
 def serve(request: dict, namespace: dict) -> dict:
     op, name = request.get("op"), request.get("name")
     if name not in namespace:
@@ -130,11 +138,11 @@ def serve(request: dict, namespace: dict) -> dict:
             return {"ok": True, "value": wire.encode(namespace[name])}
         args = wire.decode(request.get("args", []))
         kwargs = wire.decode(request.get("kwargs", {}))
-        before = [json.dumps(wire.encode(a), sort_keys=True) for a in args]
-        before_kw = {k: json.dumps(wire.encode(v), sort_keys=True) for k, v in kwargs.items()}
+        before = [snapshot(a) for a in args]
+        before_kw = {k: snapshot(v) for k, v in kwargs.items()}
         value = namespace[name](*args, **kwargs)
-        mutated = [i for i, a in enumerate(args) if json.dumps(wire.encode(a), sort_keys=True) != before[i]]
-        mutated += [k for k, v in kwargs.items() if json.dumps(wire.encode(v), sort_keys=True) != before_kw[k]]
+        mutated = [i for i, a in enumerate(args) if before[i] is not None and snapshot(a) != before[i]]
+        mutated += [k for k, v in kwargs.items() if before_kw[k] is not None and snapshot(v) != before_kw[k]]
         try:
             encoded = wire.encode(value)
         except wire.WireError as exc:

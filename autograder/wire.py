@@ -1,7 +1,7 @@
 """Wire format between the trusted grader and the sandboxed worker: JSON values with tagged tensors. No pickle.
 
 Allowed values: None, bool, int, float (incl. nan/inf), str, list, tuple, dict with str keys, namedtuple
-(decoded as a plain named tuple), ``torch.Tensor`` and ``numpy.ndarray`` (dtype + shape + base64 bytes).
+(decoded as a plain named tuple), builtin iterators (materialized, arrive as a list iterator), ``torch.Tensor`` and ``numpy.ndarray`` (dtype + shape + base64 bytes).
 :func:`decode` is the trusted side's gate: it type-checks every node and rebuilds *genuine* tensors, so a
 tensor subclass with a lying ``__eq__`` arrives as a plain ``torch.Tensor``.
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import collections
+import collections.abc
+import itertools
 import json
 import math
 import re
@@ -55,6 +57,11 @@ def encode(value: Any, depth: int = 0) -> Any:
         if not all(type(k) is str for k in value):
             raise WireError("dict keys must be str")
         return {TAG: "dict", "items": {k: encode(v, depth + 1) for k, v in value.items()}}
+    if isinstance(value, collections.abc.Iterator) and type(value).__module__ == "builtins":
+        items = list(itertools.islice(value, MAX_ITEMS + 1))  # consumes it: iterators are one-shot anyway
+        if len(items) > MAX_ITEMS:
+            raise WireError(f"iterator longer than {MAX_ITEMS} items")
+        return {TAG: "iterator", "items": [encode(v, depth + 1) for v in items]}
     kind = type(value).__module__.split(".")[0]
     if kind == "torch":
         import torch
@@ -115,6 +122,8 @@ def decode(data: Any, depth: int = 0) -> Any:
         return float(data["repr"])
     if tag == "tuple":
         return tuple(decode(v, depth + 1) for v in _list(data, "items"))
+    if tag == "iterator":
+        return iter([decode(v, depth + 1) for v in _list(data, "items")])
     if tag == "namedtuple":
         return _decode_namedtuple(data, depth)
     if tag == "dict":

@@ -39,3 +39,31 @@ def mutant_submission(source_bytes: bytes, released_bytes: bytes, mutant) -> byt
         raise ValueError(f"mutant {mutant.mistake!r}: {mutant.old!r} not found in cell {mutant.function}")
     answers[mutant.function] = cell.replace(mutant.old, mutant.new, 1)
     return fill_answers(released_bytes, answers)
+
+
+def grade_mutants(course_root: Path, lab: str, mutants: list, out: Path, jobs: int | None = None,
+                  unsafe: bool = False, limits=None) -> list[tuple]:
+    """Grade every mutant of ``lab`` as one class; returns (mutant, result, caught) per mutant.
+
+    ``caught`` means: the named check failed and the cell it failed in lost points. Lab authors call this
+    from their tests, e.g. ``assert [m.mistake for m, _, caught in grade_mutants(...) if not caught] == []``.
+    """
+    from .grade import grade_class
+    from .runner import Course, Lab
+    from .sandbox import Limits
+
+    loaded = Lab.load(Course.load(course_root), lab)
+    root = Path(out) / "submissions"
+    for index, mutant in enumerate(mutants):
+        target = root / f"m{index:03d}" / f"{lab}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(mutant_submission(loaded.source_bytes, loaded.released_bytes, mutant))
+    results = grade_class(lab, root, Path(out) / "graded", course_root, jobs=jobs, unsafe=unsafe,
+                          limits=limits or Limits(), progress=False)
+    report = []
+    for index, mutant in enumerate(mutants):
+        result = results[f"m{index:03d}"]
+        caught = any(not check["passed"] and check["name"] == mutant.check and cell["score"] < cell["max_score"]
+                     for cell in result["cells"] for check in cell["checks"])
+        report.append((mutant, result, caught))
+    return report

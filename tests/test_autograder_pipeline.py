@@ -71,6 +71,16 @@ def test_fixture_mutant_loses_points_and_feedback_names_the_check(mutant_results
     assert result["score"] < result["max_score"]
 
 
+def test_grade_mutants_harness_reports_each_mutant(tmp_path):
+    from autograder.mutants import grade_mutants
+    mutants = _fixture_mutants()[:2]
+    report = grade_mutants(FIXTURE_COURSE, FIXTURE_LAB, mutants, tmp_path, jobs=2, unsafe=MODE == "unsafe",
+                           limits=TEST_LIMITS)
+    assert [m for m, _, _ in report] == mutants
+    assert all(caught for _, _, caught in report)
+    assert all(result["score"] < result["max_score"] for _, result, _ in report)
+
+
 def test_input_mutation_is_named_in_the_message(mutant_results):
     cell = next(c for c in mutant_results["in_place"]["cells"] if c["grade_id"] == "test_dequantize")
     assert cell["score"] == 0

@@ -378,3 +378,31 @@ def test_quantize_course_mlp_when_available():
     quantized, codebooks = K.quantize_model_kmeans(models.TinyMLP(), 4)
     assert set(codebooks) == {"fc1", "fc2"}
     assert len(torch.unique(quantized.fc1.weight)) <= 16
+
+
+def test_finetune_codebooks_uses_the_given_gradient_and_mean_functions():
+    """The labs pass the student's centroid_gradients / update_centroids_mean: they must be the ones called."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    _, codebooks = K.quantize_model_kmeans(model, 2)
+    batches = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(3)]
+    calls = {"gradient": 0, "mean": 0}
+
+    def gradient_fn(grad_w, labels, k):
+        calls["gradient"] += 1
+        return K.centroid_gradients(grad_w, labels, k)
+
+    def mean_fn(w, labels, k, old):
+        calls["mean"] += 1
+        return K.update_centroids_mean(w, labels, k, old)
+
+    default = K.finetune_codebooks(model, codebooks, batches, lr=0.05, progress=False)
+    given = K.finetune_codebooks(model, codebooks, batches, lr=0.05, progress=False, gradient_fn=gradient_fn)
+    assert calls == {"gradient": 3 * 2, "mean": 0}
+    assert default.losses == given.losses
+    K.finetune_codebooks(model, codebooks, batches, lr=0.05, rule="mean", progress=False, mean_fn=mean_fn)
+    assert calls["mean"] == 3 * 2
+    zero = K.finetune_codebooks(model, codebooks, batches, lr=0.05, progress=False,
+                                gradient_fn=lambda g, labels, k: torch.zeros(k))
+    for name, codebook in codebooks.items():   # a zero gradient leaves every centroid where it was
+        assert torch.equal(zero.codebooks[name].centroids, codebook.centroids)

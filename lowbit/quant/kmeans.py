@@ -549,7 +549,9 @@ def _total_batches(loader: Iterable, epochs: int, max_batches: int | None) -> in
 def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], loader: Iterable,
                        epochs: int = 1, lr: float = 1e-4, rule: str = "gradient", optimizer: str = "sgd",
                        max_batches: int | None = None, progress: bool = True, train_others: bool = False,
-                       loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> FinetuneResult:
+                       loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+                       gradient_fn: Callable[[Tensor, Tensor, int], Tensor] | None = None,
+                       mean_fn: Callable[[Tensor, Tensor, int, Tensor], Tensor] | None = None) -> FinetuneResult:
     """Fine-tune a k-means-quantized model while every quantized weight stays on its codebook.
 
     ``codebooks`` maps module names to ``Codebook`` (from ``quantize_model_kmeans``); labels stay fixed,
@@ -563,7 +565,8 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
 
     and the decoded weights are written back. Other parameters (biases, BatchNorm) are frozen unless
     ``train_others`` (then the same optimizer trains them). The model runs in train mode (BatchNorm
-    statistics update). ``max_batches`` caps batches per epoch. Neither ``model`` nor ``codebooks`` is
+    statistics update). ``max_batches`` caps batches per epoch. ``gradient_fn`` / ``mean_fn`` replace
+    ``centroid_gradients`` / ``update_centroids_mean`` (same signatures; the labs pass the student's). Neither ``model`` nor ``codebooks`` is
     modified: returns ``FinetuneResult(model copy, codebooks with ascending centroids, losses)``.
     """
     _check_choice("rule", rule, RULES)
@@ -574,6 +577,8 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be an int >= 1 or None, got {max_batches!r}")
+    gradient_fn = centroid_gradients if gradient_fn is None else gradient_fn
+    mean_fn = update_centroids_mean if mean_fn is None else mean_fn
     tuned = copy.deepcopy(model).train()
     modules = _quantizable_layers(tuned, codebooks.keys())
     for name, module in modules.items():
@@ -605,14 +610,14 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
         loss.backward()
         if rule == "gradient":
             for name, weight in weights.items():
-                centroids[name].grad = centroid_gradients(weight.grad, labels[name], centroids[name].numel())
+                centroids[name].grad = gradient_fn(weight.grad, labels[name], centroids[name].numel()).to(torch.float32)
             opt.step()
         else:
             opt.step()
             with torch.no_grad():
                 for name, weight in weights.items():
-                    centroids[name] = update_centroids_mean(weight, labels[name], centroids[name].numel(),
-                                                            centroids[name])
+                    centroids[name] = mean_fn(weight, labels[name], centroids[name].numel(),
+                                              centroids[name]).to(torch.float32)
         write_back()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")

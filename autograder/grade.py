@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -115,9 +116,13 @@ def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, 
             raise GradingRefused(f"{root} is neither a folder of submissions nor a .zip")
         found = discover(root, lab_name)
         results, todo = _reuse_cached(found, lab, fingerprint, mode, limits, out, force)
+        start = time.perf_counter()
         _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results)
+        graded_seconds = time.perf_counter() - start
+    start = time.perf_counter()
     write_outputs(lab, course, out, results)
-    print(summary(results), file=sys.stderr)
+    print(f"{summary(results)}\n{len(todo)} graded now ({len(results) - len(todo)} reused) in {graded_seconds:.1f} s; "
+          f"CSV, feedback and gradebook written in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return results
 
 

@@ -406,3 +406,17 @@ def test_finetune_codebooks_uses_the_given_gradient_and_mean_functions():
                                 gradient_fn=lambda g, labels, k: torch.zeros(k))
     for name, codebook in codebooks.items():   # a zero gradient leaves every centroid where it was
         assert torch.equal(zero.codebooks[name].centroids, codebook.centroids)
+
+
+def test_batchnorm_statistics_update_only_with_update_bn():
+    x, y = teacher_data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 3)).eval()
+    quantized, codebooks = K.quantize_model_kmeans(model, 2)
+    frozen = K.finetune_codebooks(quantized, codebooks, batches(x, y), lr=1e-2, optimizer="adam", progress=False,
+                                  update_bn=False)
+    assert torch.equal(frozen.model[1].running_mean, model[1].running_mean)
+    assert not frozen.model.training, "returned in the input's mode"
+    updated = K.finetune_codebooks(quantized, codebooks, batches(x, y), lr=1e-2, optimizer="adam", progress=False)
+    assert not torch.equal(updated.model[1].running_mean, model[1].running_mean)
+    assert torch.equal(quantized[1].running_mean, model[1].running_mean), "input not modified"

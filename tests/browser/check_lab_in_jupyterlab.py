@@ -1,0 +1,91 @@
+"""Real-browser check: what a student sees when running a lab in JupyterLab (not collected by pytest).
+
+    .venv/bin/pip install playwright        # uses Debian's Chromium: apt-get install chromium
+    .venv/bin/python tests/browser/check_lab_in_jupyterlab.py [NOTEBOOK] [CELLS] [--out DIR]
+
+Serves JupyterLab on 127.0.0.1 (no token, this machine only), opens NOTEBOOK (default: the Lab 1 solution),
+waits for the kernel to be idle, runs the first CELLS cells with Shift+Enter, finds the first ipywidgets
+explorer, moves its first slider two steps left and clicks its "symmetric" toggle, and writes screenshots
+01_open.png, 02_ran.png, 03_widget.png, 04_changed.png to DIR. Look at them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+
+
+def start_jupyterlab(port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("NBGRADER_EXECUTION", None)
+    server = subprocess.Popen([str(REPO / ".venv" / "bin" / "jupyter"), "lab", "--no-browser", "--allow-root",
+                               f"--port={port}", "--ip=127.0.0.1", "--IdentityProvider.token=",
+                               f"--notebook-dir={REPO}"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    for _ in range(120):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(1)
+    server.terminate()
+    sys.exit(f"JupyterLab did not start on port {port}; see {log}")
+
+
+def wait_idle(page, timeout_ms: int) -> None:
+    time.sleep(3)
+    page.wait_for_selector("[data-status=idle]", state="attached", timeout=timeout_ms)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebook", nargs="?", default="solutions/lab1_linear/lab1_linear.ipynb")
+    parser.add_argument("cells", nargs="?", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/lowbit-browser-check"))
+    parser.add_argument("--port", type=int, default=8899)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    server = start_jupyterlab(args.port, args.out / "jupyterlab.log")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{args.port}/lab/tree/{args.notebook}")
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            wait_idle(page, 120_000)
+            page.screenshot(path=str(args.out / "01_open.png"))
+            page.click(".jp-Notebook .jp-Cell >> nth=0")
+            for _ in range(args.cells):
+                page.keyboard.press("Shift+Enter")
+                time.sleep(0.3)
+            wait_idle(page, 300_000)
+            page.screenshot(path=str(args.out / "02_ran.png"))
+            widget = page.locator(".jupyter-widgets").first
+            if widget.count() == 0:
+                sys.exit("no widget rendered: see 02_ran.png")
+            widget.scroll_into_view_if_needed()
+            time.sleep(2)
+            page.screenshot(path=str(args.out / "03_widget.png"))
+            page.locator(".jupyter-widgets .noUi-handle").first.click()
+            page.keyboard.press("ArrowLeft")
+            page.keyboard.press("ArrowLeft")
+            page.get_by_text("symmetric", exact=True).first.click()
+            time.sleep(4)
+            page.screenshot(path=str(args.out / "04_changed.png"))
+            print(f"{page.locator('.jupyter-widgets').count()} widget views; screenshots in {args.out}")
+            browser.close()
+    finally:
+        server.terminate()
+
+
+if __name__ == "__main__":
+    main()

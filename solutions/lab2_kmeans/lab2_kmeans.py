@@ -102,7 +102,7 @@ print(f"FashionCNN: {sum(p.numel() for p in model.parameters()):,} parameters, "
 # - a centroid whose cluster becomes empty **keeps its previous value** (never NaN);
 # - arithmetic in float64; Lloyd stops as soon as the labels stop changing.
 #
-# The widget below `linear_init` shows the histogram of a real layer with your centroids on it.
+# The widget after `kmeans_1d` shows the histogram of a real layer with your centroids on it.
 
 # %% nbgrader={"grade": false, "grade_id": "linear_init", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def linear_init(w: torch.Tensor, k: int) -> torch.Tensor:

@@ -17,7 +17,6 @@ import datetime as dt
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from autograder.submissions import fill_answers, solution_answers
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -66,7 +67,9 @@ def grade_solution(lab: str, notebook: Path) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         submissions = Path(tmp) / "submissions" / "reference"
         submissions.mkdir(parents=True)
-        shutil.copy(notebook, submissions / f"{lab}.ipynb")
+        released = REPO / "labs" / lab / f"{lab}.ipynb"   # a student's copy with the solution's answers
+        (submissions / f"{lab}.ipynb").write_bytes(fill_answers(released.read_bytes(),
+                                                                solution_answers(notebook.read_bytes())))
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "autograder", "grade", lab, str(submissions.parent), "--out",
                         str(Path(tmp) / "out"), "--jobs", "1", "--quiet"], check=True, cwd=REPO,

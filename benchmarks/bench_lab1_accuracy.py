@@ -11,17 +11,14 @@ Goals from the course plan: W8A8 within 0.3 pt of FP32; W4 per-channel weights w
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
 
 import torch
 
 import lowbit
+from _results import write_section
 from lowbit.models import fold_batchnorm
 from lowbit.quant import integer, ptq
 from lowbit.train import evaluate
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def table() -> list[tuple[str, float]]:
@@ -61,15 +58,8 @@ def main() -> None:
     text = markdown(table())
     print(text)
     if args.write:
-        section = ("## Lab 1 accuracy\n\nCourse CNN on the embedded test subset (3,000 images), BN folded, "
-                   "calibrated on 256 training images; `benchmarks/bench_lab1_accuracy.py --write`.\n\n" + text + "\n")
-        content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        if re.search(r"^## Lab 1 accuracy$", content, flags=re.M):
-            content = re.sub(r"^## Lab 1 accuracy\n.*?(?=^## |\Z)", section + "\n", content, flags=re.M | re.S)
-        else:
-            content = content.rstrip("\n") + "\n\n" + section
-        RESULTS.write_text(content)
-
+        write_section("Lab 1 accuracy", "Course CNN on the embedded test subset (3,000 images), BN folded, calibrated on "
+                      "256 training images; `benchmarks/bench_lab1_accuracy.py --write`.\n\n" + text)
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,10 +25,10 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from _results import write_section
 from autograder.submissions import fill_answers, solution_answers
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 BUDGET_RUN_ALL_S, BUDGET_CELL_S, BUDGET_GRADING_S = 180.0, 60.0, 30.0
 
 
@@ -112,15 +111,7 @@ def write_results(rows: list[tuple]) -> None:
              "|---|---|---|---|---|"]
     for lab, full, slowest, slowest_id, shrunk, graded in rows:
         lines.append(f"| `{lab}` | {full:.1f} s | {slowest:.1f} s (`{slowest_id}`) | {shrunk:.1f} s | {graded:.1f} s |")
-    section = "\n".join(lines) + "\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if re.search(r"^## Labs$", text, flags=re.M):
-        text = re.sub(r"^## Labs\n.*?(?=^## |\Z)", section + "\n", text, flags=re.M | re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-    print(f"wrote the Labs section of {RESULTS.relative_to(REPO)}")
-
+    write_section("Labs", "\n".join(lines[2:]))
 
 if __name__ == "__main__":
     main()

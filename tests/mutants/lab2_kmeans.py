@@ -5,16 +5,7 @@ grader must take the cell's points away and name ``check`` in the feedback.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
-
-class Mutant(NamedTuple):
-    function: str  # the solution cell's grade_id
-    mistake: str
-    old: str
-    new: str
-    check: str  # name of the hidden check that must fail
-
+from autograder.mutants import Mutant
 
 _LINSPACE = "torch.linspace(x.min().item(), x.max().item(), k, dtype=torch.float64)"
 _KM_X = "x = w.detach().reshape(-1).to(torch.float64)"

@@ -171,3 +171,17 @@ def expect_raises(exc_type: type[BaseException] | tuple[type[BaseException], ...
     except Exception as exc:  # noqa: BLE001
         raise AssertionError(f"{label}: expected {names}, got {type(exc).__name__}: {exc}") from None
     raise AssertionError(f"{label}: expected {names}, but the call returned {describe(result)}")
+
+
+# ------------------------------------------------------------------------------------ test data makers
+def generator(seed: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``seed``: every random input of a check comes from one."""
+    return torch.Generator().manual_seed(seed)
+
+
+def heavy_tailed(n: int, seed: int) -> torch.Tensor:
+    """Laplace-like weights with a few outliers, like a real layer (float32 [n], deterministic)."""
+    g = generator(seed)
+    x = torch.randn(n, generator=g) * torch.rand(n, generator=g).pow(2) * 0.2
+    x[:: max(n // 50, 1)] *= 4
+    return x

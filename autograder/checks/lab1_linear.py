@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from autograder.checks._api import CheckSuite, expect_close, expect_dtype, expect_equal, expect_raises, expect_shape
+from autograder.checks._api import (CheckSuite, expect_close, expect_dtype, expect_equal, expect_raises, expect_shape,
+                                    generator, heavy_tailed)
 from lowbit.quant import calibration as ref_calibration
 from lowbit.quant import granularity as ref_granularity
 from lowbit.quant import integer as ref_integer
@@ -30,18 +31,6 @@ PROTECTED_REFERENCES = [
     "lowbit.quant.integer.quantized_matmul",
     "lowbit.quant.integer.quantized_linear",
 ]
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _heavy_tailed(n: int, seed: int) -> torch.Tensor:
-    """Laplace-like weights with a few outliers, like a real layer."""
-    g = _generator(seed)
-    x = torch.randn(n, generator=g) * torch.rand(n, generator=g).pow(2) * 0.2
-    x[:: max(n // 50, 1)] *= 4
-    return x
 
 
 # ----------------------------------------------------------------------------------------------- part 1
@@ -100,7 +89,7 @@ def check_linear_quantize(fn) -> None:
             x = torch.linspace(-2.0, 2.0, 301).to(dtype)
             expect_equal(fn(x, 0.013, 0, 8), ref_linear.linear_quantize(x, 0.013, 0, 8), f"{dtype} input")
     with suite.check("per-channel scale and zero point tensors broadcast"):
-        w = torch.randn(4, 6, generator=_generator(1))
+        w = torch.randn(4, 6, generator=generator(1))
         scale = torch.tensor([[0.01], [0.02], [0.05], [0.1]])
         zero_point = torch.tensor([[0], [1], [-2], [3]])
         expect_equal(fn(w, scale, zero_point, 8), ref_linear.linear_quantize(w, scale, zero_point, 8), "per-channel quantize")
@@ -128,7 +117,7 @@ def check_linear_dequantize(fn) -> None:
         expect_dtype(out, torch.float32, "output")
         expect_shape(out, (16, 16), "output")
     with suite.check("per-channel scale tensors broadcast"):
-        qc = torch.randint(-128, 128, (3, 5), generator=_generator(2)).to(torch.int8)
+        qc = torch.randint(-128, 128, (3, 5), generator=generator(2)).to(torch.int8)
         scale = torch.tensor([[0.1], [0.01], [1.0]])
         expect_close(fn(qc, scale, 0), scale * qc.float(), "per-channel dequantize", atol=1e-6)
     suite.finish()
@@ -200,7 +189,7 @@ def check_symmetric_qparams(fn) -> None:
 # ----------------------------------------------------------------------------------------------- part 2
 def check_per_channel_qparams(fn) -> None:
     suite = CheckSuite("per_channel_qparams")
-    w = torch.randn(6, 3, 3, 3, generator=_generator(3)) * torch.logspace(-2, 0, 6).reshape(6, 1, 1, 1)
+    w = torch.randn(6, 3, 3, 3, generator=generator(3)) * torch.logspace(-2, 0, 6).reshape(6, 1, 1, 1)
 
     def compare(x, bits, axis, what):
         expect_close(fn(x, bits, axis), ref_granularity.per_channel_qparams(x, bits, axis), what, rtol=1e-6, atol=0)
@@ -211,12 +200,12 @@ def check_per_channel_qparams(fn) -> None:
         expect_shape(fn(w, 8, 0), (6, 1, 1, 1), "scale of a [6,3,3,3] weight")
         expect_shape(fn(torch.randn(5, 7), 4, 1), (1, 7), "scale of a [5,7] weight along axis 1")
     with suite.check("uses the absolute maximum", hint="a channel whose largest magnitude is negative"):
-        neg = -torch.rand(4, 10, generator=_generator(4)) - 0.5
+        neg = -torch.rand(4, 10, generator=generator(4)) - 0.5
         compare(neg, 8, 0, "all-negative weight")
     with suite.check("other axes, including negative ones"):
         compare(w, 8, 1, "axis=1")
         compare(w, 4, -1, "axis=-1")
-        compare(torch.randn(5, 7, generator=_generator(5)), 8, 1, "[5,7] weight along axis 1")
+        compare(torch.randn(5, 7, generator=generator(5)), 8, 1, "[5,7] weight along axis 1")
     with suite.check("restricted range for 2 to 8 bits", hint="divide by 2^(b-1) - 1"):
         for bits in range(2, 9):
             compare(w, bits, 0, f"bits={bits}")
@@ -241,21 +230,21 @@ def check_fake_quantize_per_group(fn) -> None:
         expect_close(got, ref, f"w_hat of {what}", atol=1e-6, rtol=1e-5)
         expect_close(float(got_bits), float(ref_bits), f"bits_per_element of {what}", rtol=1e-9)
 
-    w = _heavy_tailed(8 * 64, 6).reshape(8, 64)
+    w = heavy_tailed(8 * 64, 6).reshape(8, 64)
     with suite.check("groups that divide the row evenly"):
         compare(w, 4, 16, "[8,64] weight, 4 bits, groups of 16")
     with suite.check("groups stay inside a row", hint="reshape to [rows, -1] first; never mix two rows in a group"):
         compare(w.reshape(16, 32), 4, 64, "[16,32] weight, groups of 64 (one group per row)")
-        compare(_heavy_tailed(6 * 10, 7).reshape(6, 10), 3, 4, "[6,10] weight, groups of 4")
+        compare(heavy_tailed(6 * 10, 7).reshape(6, 10), 3, 4, "[6,10] weight, groups of 4")
     with suite.check("a shorter tail group", hint="pad each row with zeros; zeros never change a group's max |w|"):
-        compare(_heavy_tailed(5 * 37, 8).reshape(5, 37), 4, 16, "[5,37] weight, groups of 16 (tail of 5)")
-        compare(_heavy_tailed(3 * 9, 9).reshape(3, 9), 8, 32, "[3,9] weight, groups of 32 (one short group)")
+        compare(heavy_tailed(5 * 37, 8).reshape(5, 37), 4, 16, "[5,37] weight, groups of 16 (tail of 5)")
+        compare(heavy_tailed(3 * 9, 9).reshape(3, 9), 8, 32, "[3,9] weight, groups of 32 (one short group)")
     with suite.check("bits per element counts the fp32 scales", hint="bits + 32 / group_size: each group stores an fp32 scale"):
-        compare(torch.randn(4, 40, generator=_generator(10)), 4, 16, "[4,40] weight, groups of 16")
+        compare(torch.randn(4, 40, generator=generator(10)), 4, 16, "[4,40] weight, groups of 16")
     with suite.check("conv weights are grouped along each output channel"):
-        compare(torch.randn(4, 3, 3, 3, generator=_generator(11)), 4, 16, "[4,3,3,3] weight")
+        compare(torch.randn(4, 3, 3, 3, generator=generator(11)), 4, 16, "[4,3,3,3] weight")
     with suite.check("an all-zero group gives zeros, not NaN"):
-        z = torch.randn(4, 32, generator=_generator(12))
+        z = torch.randn(4, 32, generator=generator(12))
         z[1, :16] = 0
         got, _ = fn(z, 4, 16)
         assert not torch.isnan(torch.as_tensor(got)).any(), "w_hat contains NaN for an all-zero group"
@@ -269,7 +258,7 @@ def check_fake_quantize_per_group(fn) -> None:
 # ----------------------------------------------------------------------------------------------- part 3
 def check_ema_minmax(fn) -> None:
     suite = CheckSuite("ema_minmax")
-    g = _generator(13)
+    g = generator(13)
     batches = [torch.randn(64, generator=g) * (1 + i % 3) + i * 0.1 for i in range(12)]
     with suite.check("first batch initializes", hint="lo, hi = batch.min(), batch.max() on the first batch"):
         expect_close(tuple(fn(batches[:1], 0.01)), (float(batches[0].min()), float(batches[0].max())), "one batch", atol=1e-6)
@@ -317,7 +306,7 @@ def check_mse_clip_range(fn) -> None:
             f"{what}: expected (lo, hi) = ({ref[0]:.6g}, {ref[1]:.6g}) with MSE {best_error:.6g}\n"
             f"got ({got[0]:.6g}, {got[1]:.6g}) with MSE {got_error:.6g}")
 
-    g = _generator(14)
+    g = generator(14)
     with suite.check("no clipping when the range is already tight"):
         compare(torch.linspace(-1.0, 1.0, 201), 8, 100, "uniform on [-1, 1], 8 bits")
     with suite.check("clips outliers at low bit widths"):
@@ -350,7 +339,7 @@ def check_kl_clip_threshold(fn) -> None:
         ref = float(ref_calibration.kl_clip_threshold(hist, edges, bits))
         expect_close(got, ref, what, rtol=1e-6, atol=1e-9)
 
-    g = _generator(15)
+    g = generator(15)
     gaussian = torch.cat([torch.randn(20000, generator=g), torch.tensor([25.0, -30.0])])
     with suite.check("clips a Gaussian with outliers (TensorRT entropy calibration)"):
         compare(*_abs_histogram(gaussian, 256), 8, "Gaussian + outliers, 256 bins, 8 bits")
@@ -384,7 +373,7 @@ def _exact_matmul(q_a: torch.Tensor, z_a: int, q_b: torch.Tensor, z_b: int) -> t
 
 def check_quantized_matmul(fn) -> None:
     suite = CheckSuite("quantized_matmul")
-    g = _generator(16)
+    g = generator(16)
 
     def random_int(shape, dtype):
         low, high = (0, 256) if dtype == torch.uint8 else (-128, 128)
@@ -416,7 +405,7 @@ def check_quantized_matmul(fn) -> None:
 
 
 def _linear_case(seed: int, n: int, k: int, out: int, with_bias: bool, bits: int = 8):
-    g = _generator(seed)
+    g = generator(seed)
     x = torch.rand(n, k, generator=g) * 3 - 0.5
     w = torch.randn(out, k, generator=g) * torch.logspace(-2, 0, out).unsqueeze(1)
     b = torch.randn(out, generator=g) * 0.2

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from autograder.checks._api import CheckSuite, expect_close, expect_dtype, expect_equal, expect_raises, expect_shape
+from autograder.checks._api import (CheckSuite, expect_close, expect_dtype, expect_equal, expect_raises, expect_shape,
+                                    generator, heavy_tailed)
 from lowbit.quant import kmeans as ref
 
 PROTECTED_REFERENCES = [
@@ -28,18 +29,6 @@ PROTECTED_REFERENCES = [
 CENTROID_TOL = {"atol": 1e-7, "rtol": 1e-5}
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _heavy_tailed(n: int, seed: int) -> torch.Tensor:
-    """Laplace-like weights with a few outliers, like a real layer (float32 [n])."""
-    g = _generator(seed)
-    x = torch.randn(n, generator=g) * torch.rand(n, generator=g).pow(2) * 0.2
-    x[:: max(n // 50, 1)] *= 4
-    return x
-
-
 def _expect_unchanged(before: list[torch.Tensor], after: list[torch.Tensor], what: str) -> None:
     for index, (b, a) in enumerate(zip(before, after)):
         if not torch.equal(b, a):
@@ -56,15 +45,15 @@ def check_linear_init(fn) -> None:
     suite = CheckSuite("linear_init")
     with suite.check("evenly spaced from min to max", hint="torch.linspace(w.min(), w.max(), k): both ends included"):
         for n, k, seed in ((100, 4, 0), (1000, 16, 1), (37, 7, 2), (500, 256, 3)):
-            w = _heavy_tailed(n, seed)
+            w = heavy_tailed(n, seed)
             expect_close(fn(w, k), ref.linear_init(w, k), f"linear_init(w [{n}], k={k})", atol=1e-8, rtol=1e-6)
     with suite.check("the first and last centroids are the min and the max"):
-        w = _heavy_tailed(300, 4)
+        w = heavy_tailed(300, 4)
         got = fn(w, 8)
         expect_close(float(got[0]), float(w.min()), "linear_init(w, 8)[0]", atol=1e-8, rtol=1e-6)
         expect_close(float(got[-1]), float(w.max()), "linear_init(w, 8)[-1]", atol=1e-8, rtol=1e-6)
     with suite.check("any shape: the weights are flattened"):
-        w = torch.randn(6, 3, 3, 3, generator=_generator(5))
+        w = torch.randn(6, 3, 3, 3, generator=generator(5))
         expect_close(fn(w, 16), ref.linear_init(w, 16), "linear_init(conv weight [6,3,3,3], 16)", atol=1e-8, rtol=1e-6)
     with suite.check("k = 1 gives the minimum"):
         w = torch.tensor([0.5, -2.0, 3.0])
@@ -82,14 +71,14 @@ def check_linear_init(fn) -> None:
             expect_shape(got, (3,), f"linear_init of a {dtype} tensor, k=3")
     with suite.check("float16 and bfloat16 inputs", hint="convert to float64 before linspace; do not build the grid in float16"):
         for dtype in (torch.float16, torch.bfloat16):
-            w = _heavy_tailed(200, 6).to(dtype)
+            w = heavy_tailed(200, 6).to(dtype)
             expect_close(fn(w, 16), ref.linear_init(w, 16), f"linear_init({dtype} w, 16)", atol=1e-8, rtol=1e-6)
     with suite.check("rejects bad input", hint="TypeError for integer tensors; ValueError for empty w or k < 1"):
         expect_raises(ValueError, fn, torch.zeros(0), 4, what="linear_init(empty tensor, 4)")
         expect_raises(ValueError, fn, torch.randn(5), 0, what="linear_init(w, k=0)")
         expect_raises(TypeError, fn, torch.arange(5), 2, what="linear_init(int64 tensor, 2)")
     with suite.check("leaves its input unchanged"):
-        w = _heavy_tailed(64, 7)
+        w = heavy_tailed(64, 7)
         keep = w.clone()
         fn(w, 4)
         _expect_unchanged([keep], [w], "linear_init")
@@ -107,10 +96,10 @@ def check_kmeans_1d(fn) -> None:
 
     with suite.check("matches Lloyd's algorithm with linear init"):
         for n, k, seed in ((200, 2, 0), (1000, 4, 1), (2000, 8, 2), (3000, 16, 3)):
-            compare(_heavy_tailed(n, seed), k, f"kmeans_1d(w [{n}], k={k})")
+            compare(heavy_tailed(n, seed), k, f"kmeans_1d(w [{n}], k={k})")
     with suite.check("labels are the nearest centroid", hint="assign after the last update: labels must match the centroids you return"):
         for k, seed in ((4, 10), (16, 11), (32, 12)):
-            w = _heavy_tailed(1500, seed)
+            w = heavy_tailed(1500, seed)
             for iters in (1, 3, 100):
                 centroids, labels = fn(w, k, iters=iters)
                 expect_equal(labels, _nearest(w, centroids), f"labels of kmeans_1d(w, k={k}, iters={iters}) vs nearest centroid")
@@ -123,13 +112,13 @@ def check_kmeans_1d(fn) -> None:
         w = torch.tensor([0.0, 0.1, 0.2, 0.9, 1.0, 5.0])
         centroids, _ = fn(w, 3)
         expect_close(centroids, torch.tensor([0.44, 2.5, 5.0]), "centroids of kmeans_1d([0, .1, .2, .9, 1, 5], k=3)", atol=1e-6)
-        w = _heavy_tailed(2000, 13)
+        w = heavy_tailed(2000, 13)
         centroids, _ = fn(w, 64)
         assert bool(torch.isfinite(centroids).all()), f"kmeans_1d(w, 64) returned non-finite centroids: {centroids}"
         compare(w, 64, "kmeans_1d(heavy-tailed w, k=64) (some clusters empty)")
     with suite.check("iters counts centroid updates; it stops when the labels stop changing",
                      hint="iters=0: the init and its assignment; each iteration: update, re-assign, stop if unchanged"):
-        w = _heavy_tailed(1000, 14)
+        w = heavy_tailed(1000, 14)
         for iters in (0, 1, 2, 5):
             compare(w, 16, f"kmeans_1d(w, 16, iters={iters})", iters=iters)
         compare(w, 16, "kmeans_1d(w, 16, iters=1000)", iters=1000)
@@ -142,29 +131,29 @@ def check_kmeans_1d(fn) -> None:
         expect_close(centroids, torch.full((4,), -0.3), "centroids of kmeans_1d(10 × -0.3, k=4)", atol=1e-7)
         expect_equal(labels, torch.zeros(10, dtype=torch.int64), "labels of kmeans_1d(10 × -0.3, k=4)")
     with suite.check("random and kmeans++ inits", hint="init != 'linear': start from initial_centroids(w, k, init, seed)"):
-        w = _heavy_tailed(800, 15)
+        w = heavy_tailed(800, 15)
         for init in ("random", "kmeans++"):
             for seed in (0, 3):
                 compare(w, 8, f"kmeans_1d(w, 8, init={init!r}, seed={seed})", init=init, seed=seed)
     with suite.check("any shape: labels index the flattened weights"):
-        w = torch.randn(8, 4, 3, 3, generator=_generator(16)) * 0.1
+        w = torch.randn(8, 4, 3, 3, generator=generator(16)) * 0.1
         compare(w, 8, "kmeans_1d(conv weight [8,4,3,3], 8)")
     with suite.check("float16 and bfloat16 inputs", hint="work in float64: w.reshape(-1).to(torch.float64)"):
         for dtype in (torch.float16, torch.bfloat16):
-            compare(_heavy_tailed(700, 17).to(dtype), 8, f"kmeans_1d({dtype} w, 8)")
+            compare(heavy_tailed(700, 17).to(dtype), 8, f"kmeans_1d({dtype} w, 8)")
     with suite.check("returns float32 centroids [k] and int64 labels [n]"):
-        centroids, labels = fn(torch.randn(3, 5, generator=_generator(18)).double(), 4)
+        centroids, labels = fn(torch.randn(3, 5, generator=generator(18)).double(), 4)
         expect_dtype(centroids, torch.float32, "centroids")
         expect_shape(centroids, (4,), "centroids")
         expect_dtype(labels, torch.int64, "labels")
         expect_shape(labels, (15,), "labels of a [3, 5] weight")
     with suite.check("rejects bad input"):
-        w = torch.randn(20, generator=_generator(19))
+        w = torch.randn(20, generator=generator(19))
         expect_raises(ValueError, fn, w, 4, init="kmeans", what="kmeans_1d(w, 4, init='kmeans')")
         expect_raises(ValueError, fn, w, 4, iters=-1, what="kmeans_1d(w, 4, iters=-1)")
         expect_raises(ValueError, fn, w, 0, what="kmeans_1d(w, k=0)")
     with suite.check("leaves its input unchanged"):
-        w = _heavy_tailed(300, 20).reshape(30, 10)
+        w = heavy_tailed(300, 20).reshape(30, 10)
         keep = w.clone()
         fn(w, 8)
         _expect_unchanged([keep], [w], "kmeans_1d")
@@ -182,11 +171,11 @@ def check_kmeans_quantize(fn) -> None:
         expect_equal(labels, expected.labels, f"labels of {what}")
 
     with suite.check("k = 2^bits centroids", hint="bits=b means 2**b shared values, not 2**b - 1 and not b"):
-        w = _heavy_tailed(1500, 30)
+        w = heavy_tailed(1500, 30)
         for bits in (1, 2, 3, 4, 5):
             compare(w, bits, f"kmeans_quantize(w, bits={bits})")
     with suite.check("returns a Codebook(centroids, labels)", hint="return Codebook(centroids, labels)"):
-        codebook = fn(torch.randn(4, 6, generator=_generator(31)), 2)
+        codebook = fn(torch.randn(4, 6, generator=generator(31)), 2)
         assert hasattr(codebook, "centroids") and hasattr(codebook, "labels"), \
             f"expected a Codebook with fields centroids and labels, got {type(codebook).__name__}"
         expect_dtype(codebook.centroids, torch.float32, "codebook.centroids")
@@ -194,19 +183,19 @@ def check_kmeans_quantize(fn) -> None:
         expect_dtype(codebook.labels, torch.int64, "codebook.labels")
         expect_shape(codebook.labels, (24,), "codebook.labels of a [4, 6] weight")
     with suite.check("passes iters and init on to kmeans_1d"):
-        w = _heavy_tailed(1000, 32)
+        w = heavy_tailed(1000, 32)
         compare(w, 4, "kmeans_quantize(w, 4, iters=1)", iters=1)
         compare(w, 4, "kmeans_quantize(w, 4, iters=0)", iters=0)
         compare(w, 3, "kmeans_quantize(w, 3, init='kmeans++')", init="kmeans++")
     with suite.check("conv weights and float16 inputs"):
-        compare(torch.randn(8, 4, 3, 3, generator=_generator(33)) * 0.05, 4, "kmeans_quantize(conv weight, 4)")
-        compare(_heavy_tailed(500, 34).half(), 3, "kmeans_quantize(float16 w, 3)")
+        compare(torch.randn(8, 4, 3, 3, generator=generator(33)) * 0.05, 4, "kmeans_quantize(conv weight, 4)")
+        compare(heavy_tailed(500, 34).half(), 3, "kmeans_quantize(float16 w, 3)")
     with suite.check("rejects bits out of range", hint="ValueError unless bits is an int in 1..16"):
-        w = torch.randn(10, generator=_generator(35))
+        w = torch.randn(10, generator=generator(35))
         for bad in (0, 17, -1):
             expect_raises(ValueError, fn, w, bad, what=f"kmeans_quantize(w, bits={bad})")
     with suite.check("leaves its input unchanged"):
-        w = _heavy_tailed(200, 36)
+        w = heavy_tailed(200, 36)
         keep = w.clone()
         fn(w, 3)
         _expect_unchanged([keep], [w], "kmeans_quantize")
@@ -215,7 +204,7 @@ def check_kmeans_quantize(fn) -> None:
 
 def check_decode(fn) -> None:
     suite = CheckSuite("decode")
-    g = _generator(40)
+    g = generator(40)
     centroids = torch.sort(torch.randn(16, generator=g)).values
     labels = torch.randint(0, 16, (4 * 3 * 3 * 3,), generator=g)
     with suite.check("looks up the centroids", hint="centroids[labels]"):
@@ -269,7 +258,7 @@ def check_compressed_bits(fn) -> None:
 # ----------------------------------------------------------------------------------------------- part 3
 def check_centroid_gradients(fn) -> None:
     suite = CheckSuite("centroid_gradients")
-    g = _generator(50)
+    g = generator(50)
     grad = torch.randn(2000, generator=g)
     labels = torch.randint(0, 16, (2000,), generator=g)
     with suite.check("sums the gradients of each cluster", hint="dL/dc_j is the SUM (not the mean) of dL/dw_i over members"):
@@ -294,8 +283,8 @@ def check_centroid_gradients(fn) -> None:
     with suite.check("rejects labels of the wrong length", hint="ValueError when labels.numel() != grad_w.numel()"):
         expect_raises(ValueError, fn, grad, labels[:100], 16, what="centroid_gradients(grad [2000], labels [100], 16)")
     with suite.check("leaves its inputs unchanged"):
-        fresh_grad = torch.randn(300, generator=_generator(51))
-        fresh_labels = torch.randint(0, 8, (300,), generator=_generator(52))
+        fresh_grad = torch.randn(300, generator=generator(51))
+        fresh_labels = torch.randint(0, 8, (300,), generator=generator(52))
         keep = [fresh_grad.clone(), fresh_labels.clone()]
         fn(fresh_grad, fresh_labels, 8)
         _expect_unchanged(keep, [fresh_grad, fresh_labels], "centroid_gradients")
@@ -304,8 +293,8 @@ def check_centroid_gradients(fn) -> None:
 
 def check_update_centroids_mean(fn) -> None:
     suite = CheckSuite("update_centroids_mean")
-    g = _generator(60)
-    w = _heavy_tailed(1500, 61)
+    g = generator(60)
+    w = heavy_tailed(1500, 61)
     old = torch.sort(torch.randn(32, generator=g) * 0.2).values
     labels = ref.assign(w, old)
     with suite.check("means of each cluster", hint="sum of the members / number of members"):
@@ -335,7 +324,7 @@ def check_update_centroids_mean(fn) -> None:
         expect_raises(ValueError, fn, w, labels[:10], 32, old, what="update_centroids_mean(w [1500], labels [10], 32, old)")
         expect_raises(ValueError, fn, w, labels, 32, old[:16], what="update_centroids_mean(..., k=32, old_centroids [16])")
     with suite.check("leaves its inputs unchanged"):
-        fresh_w = _heavy_tailed(400, 62)
+        fresh_w = heavy_tailed(400, 62)
         fresh_old = torch.linspace(-0.5, 0.5, 8)
         fresh_labels = ref.assign(fresh_w, fresh_old)
         keep = [fresh_w.clone(), fresh_labels.clone(), fresh_old.clone()]

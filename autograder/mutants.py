@@ -31,13 +31,24 @@ def load_catalogue(path: Path) -> list:
 
 def mutant_submission(source_bytes: bytes, released_bytes: bytes, mutant) -> bytes:
     """The solution submission with one answer cell edited as the mutant says (ValueError if it can't apply)."""
+    return mutants_submission(source_bytes, released_bytes, [mutant])
+
+
+def mutants_submission(source_bytes: bytes, released_bytes: bytes, mutants: list) -> bytes:
+    """The solution submission with every mutant's edit applied, each once to its own answer cell.
+
+    Answer cells are graded independently, so one submission can carry one mutant per cell (a "round").
+    Raises ValueError if an edit does not apply exactly once.
+    """
     answers = solution_answers(source_bytes)
-    if mutant.function not in answers:
-        raise ValueError(f"mutant {mutant.mistake!r}: no answer cell {mutant.function!r}")
-    cell = answers[mutant.function]
-    if mutant.old not in cell:
-        raise ValueError(f"mutant {mutant.mistake!r}: {mutant.old!r} not found in cell {mutant.function}")
-    answers[mutant.function] = cell.replace(mutant.old, mutant.new, 1)
+    for mutant in mutants:
+        if mutant.function not in answers:
+            raise ValueError(f"mutant {mutant.mistake!r}: no answer cell {mutant.function!r}")
+        cell = answers[mutant.function]
+        if cell.count(mutant.old) != 1:
+            raise ValueError(f"mutant {mutant.mistake!r}: {mutant.old!r} occurs {cell.count(mutant.old)} times "
+                             f"in cell {mutant.function} (it must occur once)")
+        answers[mutant.function] = cell.replace(mutant.old, mutant.new, 1)
     return fill_answers(released_bytes, answers)
 
 

@@ -14,10 +14,9 @@ import nbformat
 import pytest
 
 from autograder.grade import grade_class
-from autograder.mutants import load_catalogue
+from autograder.mutants import load_catalogue, mutants_submission
 from autograder.release import find_labs
 from autograder.sandbox import bwrap_problem
-from autograder.submissions import fill_answers, solution_answers
 
 REPO = Path(__file__).resolve().parents[1]
 LABS_WITH_MUTANTS = [lab for lab in find_labs(REPO) if (REPO / "tests" / "mutants" / f"{lab}.py").is_file()]
@@ -33,15 +32,6 @@ def mutant_rounds(mutants: list) -> list[list]:
         by_function[mutant.function].append(mutant)
     depth = max(len(group) for group in by_function.values())
     return [[group[r] for group in by_function.values() if r < len(group)] for r in range(depth)]
-
-
-def round_submission(source: bytes, released: bytes, mutants: list) -> bytes:
-    answers = solution_answers(source)
-    for mutant in mutants:
-        cell = answers[mutant.function]
-        assert cell.count(mutant.old) == 1, f"mutant {mutant.mistake!r} does not apply once to {mutant.function}"
-        answers[mutant.function] = cell.replace(mutant.old, mutant.new, 1)
-    return fill_answers(released, answers)
 
 
 @pytest.mark.parametrize("lab", LABS_WITH_MUTANTS)
@@ -65,7 +55,7 @@ def test_every_mutant_fails_its_named_check(lab, tmp_path):
     for index, group in enumerate(rounds):
         folder = tmp_path / "class" / f"round{index:02d}"
         folder.mkdir(parents=True)
-        (folder / f"{lab}.ipynb").write_bytes(round_submission(source, released, group))
+        (folder / f"{lab}.ipynb").write_bytes(mutants_submission(source, released, group))
     results = grade_class(lab, tmp_path / "class", tmp_path / "out", REPO, jobs=2, progress=False,
                           unsafe=MODE == "unsafe")
     missed = []

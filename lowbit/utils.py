@@ -1,8 +1,11 @@
 """Small shared helpers: the grading flag, seeding and device choice."""
 from __future__ import annotations
 
+import importlib
 import os
 import random
+from types import ModuleType
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,3 +42,20 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 def device() -> torch.device:
     """CUDA when a GPU is present, else CPU. The course never requires a GPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lazy_submodules(package: str) -> Callable[[str], ModuleType]:
+    """A module-level ``__getattr__`` for ``package`` that imports ``package.<name>`` on first access.
+
+    An unknown name raises AttributeError; an import error inside an existing submodule propagates.
+    """
+    def load(name: str) -> ModuleType:
+        try:
+            module = importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{package}.{name}":
+                raise AttributeError(f"{package} has no module {name!r}") from None
+            raise
+        setattr(importlib.import_module(package), name, module)
+        return module
+    return load

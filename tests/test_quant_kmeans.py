@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -420,3 +421,39 @@ def test_batchnorm_statistics_update_only_with_update_bn():
     updated = K.finetune_codebooks(quantized, codebooks, batches(x, y), lr=1e-2, optimizer="adam", progress=False)
     assert not torch.equal(updated.model[1].running_mean, model[1].running_mean)
     assert torch.equal(quantized[1].running_mean, model[1].running_mean), "input not modified"
+
+
+def test_cosine_schedule_takes_smaller_and_smaller_steps():
+    """Loss = sum of outputs, so every batch gives the same weight gradient: with SGD the gradient rule
+    moves a centroid by lr * g per batch (constant) or by lr * g * (1 + cos(pi t / T)) / 2 (cosine)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3, bias=False))
+    _, codebooks = K.quantize_model_kmeans(model, 2)
+    x = torch.randn(4, 5)
+    batches = [(x, torch.zeros(4, dtype=torch.long))] * 4
+    lr = 1e-2
+
+    def loss_fn(outputs, _):
+        return outputs.sum()
+
+    grad_w = x.sum(0).expand(3, 5)  # d(sum of x @ W.T) / dW, the same for every batch
+    centroids, labels = codebooks["0"]
+    step = K.centroid_gradients(grad_w, labels, 4) * lr
+    factors = {"constant": 4.0, "cosine": sum((1 + math.cos(math.pi * t / 4)) / 2 for t in range(4))}
+    for schedule, factor in factors.items():
+        result = K.finetune_codebooks(model, codebooks, batches, lr=lr, optimizer="sgd", schedule=schedule,
+                                      loss_fn=loss_fn, progress=False)
+        want = (centroids - factor * step)[labels].reshape(3, 5)
+        assert torch.allclose(result.model[0].weight, want, atol=1e-6), schedule
+    assert factors["cosine"] == pytest.approx(2.5)  # 1 + 0.854 + 0.5 + 0.146: later steps are smaller
+
+
+def test_cosine_schedule_needs_a_loader_with_a_length():
+    model = nn.Sequential(nn.Linear(5, 3))
+    _, codebooks = K.quantize_model_kmeans(model, 2)
+    endless = (batch for batch in [(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))])
+    with pytest.raises(ValueError, match="needs the number of batches"):
+        K.finetune_codebooks(model, codebooks, endless, schedule="cosine", progress=False)
+    with pytest.raises(ValueError, match="schedule"):
+        K.finetune_codebooks(model, codebooks, [(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))],
+                             schedule="linear", progress=False)

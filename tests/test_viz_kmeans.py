@@ -66,3 +66,12 @@ def test_kmeans_explorer_headless_displays_a_static_figure(weights, capsys):
     assert "Figure" in capsys.readouterr().out
     with pytest.raises(ValueError, match="init must be one of"):
         viz.kmeans_explorer(weights, init="kmeans", show=False)
+
+
+def test_kmeans_explorer_numbers_panel_uses_readable_labels(weights):
+    explorer = viz.kmeans_explorer(weights, show=False)
+    shown = explorer.numbers.value
+    ratio = explorer.stats["uniform_over_kmeans"]
+    assert f"<b>uniform SSE / k-means SSE</b>: {ratio:.4g}" in shown
+    assert "<b>clusters used</b>: " in shown and "uniform_over_kmeans" not in shown
+    assert explorer.numbers.layout.width, "the panel keeps its width next to the figure"

@@ -52,7 +52,7 @@ def kmeans_explorer(weights: torch.Tensor, kmeans_fn: Callable = kmeans_1d, bits
         "init": widgets.ToggleButtons(options=list(INITS), value=init, description="init"),
     }
     with plt.ioff():
-        figure, ax = plt.subplots(figsize=(8, 4), layout="constrained")
+        figure, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     ax.hist(w.numpy(), bins=200, color="0.6")
     ax.set_xlabel("weight value")
     ax.set_ylabel("count")

@@ -69,7 +69,7 @@ class Explorer:
         self.name, self.figure, self.controls, self.live = name, figure, controls, live
         self.stats: dict[str, Any] = {}
         self.output = widgets.Output()
-        self.numbers = widgets.HTML()
+        self.numbers = widgets.HTML(layout=widgets.Layout(width="14em", flex="0 0 auto"))
         self._update = update
         for control in controls.values():
             control.observe(self._on_change, names="value")
@@ -85,8 +85,9 @@ class Explorer:
         """Recompute with the current control values; errors are shown, never raised."""
         try:
             self.stats = self._update()
-            self.numbers.value = "<br>".join(f"<b>{k}</b>: {_fmt(v)}" for k, v in self.stats.items()
-                                             if not isinstance(v, dict))
+            rows = "<br>".join(f"<b>{_display_name(k)}</b>: {_fmt(v)}" for k, v in self.stats.items()
+                               if not isinstance(v, dict))
+            self.numbers.value = f'<div style="white-space: normal; line-height: 1.6">{rows}</div>'  # long labels wrap
             if self.live:
                 self.output.clear_output()
         except Exception as exc:  # the student's function failed: say so where they can see it
@@ -113,6 +114,16 @@ class Explorer:
     def __repr__(self) -> str:
         values = ", ".join(f"{k}={c.value!r}" for k, c in self.controls.items())
         return f"<{self.name}: {values}>"
+
+
+_DISPLAY_NAMES = {"sse": "SSE", "mse": "MSE", "sqnr_db": "SQNR (dB)", "uniform_sse": "uniform SSE",
+                  "uniform_over_kmeans": "uniform SSE / k-means SSE", "clip_mse": "clipping MSE",
+                  "round_mse": "rounding MSE", "total_mse": "total MSE"}
+
+
+def _display_name(key: str) -> str:
+    """How a stats key is labelled next to the figure: ``clusters_used`` → ``clusters used``."""
+    return _DISPLAY_NAMES.get(key, key.replace("_", " "))
 
 
 def _fmt(value: Any) -> str:

@@ -1,12 +1,15 @@
 """Real-browser check: what a student sees when running a lab in JupyterLab (not collected by pytest).
 
     .venv/bin/pip install playwright        # uses Debian's Chromium: apt-get install chromium
-    .venv/bin/python tests/browser/check_lab_in_jupyterlab.py [NOTEBOOK] [CELLS] [--out DIR]
+    .venv/bin/python tests/browser/check_lab_in_jupyterlab.py [NOTEBOOK] [CELLS] [--toggle TEXT] [--out DIR]
+    # Lab 1 (default): first explorer after 15 cells, toggle "symmetric"
+    # Lab 2: .venv/bin/python tests/browser/check_lab_in_jupyterlab.py \
+    #            solutions/lab2_kmeans/lab2_kmeans.ipynb 10 --toggle kmeans++
 
 Serves JupyterLab on 127.0.0.1 (no token, this machine only), opens NOTEBOOK (default: the Lab 1 solution),
 waits for the kernel to be idle, runs the first CELLS cells with Shift+Enter, finds the first ipywidgets
-explorer, moves its first slider two steps left and clicks its "symmetric" toggle, and writes screenshots
-01_open.png, 02_ran.png, 03_widget.png, 04_changed.png to DIR. Look at them.
+explorer, moves its first slider two steps left and clicks the toggle button labelled TEXT, and writes
+screenshots 01_open.png, 02_ran.png, 03_widget.png, 04_changed.png to DIR. Look at them.
 """
 from __future__ import annotations
 
@@ -42,14 +45,21 @@ def start_jupyterlab(port: int, log: Path) -> subprocess.Popen:
 
 
 def wait_idle(page, timeout_ms: int) -> None:
+    """Wait until the kernel reports idle and no cell of the notebook shows a running prompt ``[*]``."""
     time.sleep(3)
     page.wait_for_selector("[data-status=idle]", state="attached", timeout=timeout_ms)
+    deadline = time.monotonic() + timeout_ms / 1000
+    while page.locator(".jp-Notebook .jp-InputArea-prompt", has_text="[*]").count():
+        if time.monotonic() > deadline:
+            sys.exit("cells still running after the timeout: see the screenshots")
+        time.sleep(1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebook", nargs="?", default="solutions/lab1_linear/lab1_linear.ipynb")
     parser.add_argument("cells", nargs="?", type=int, default=15)
+    parser.add_argument("--toggle", default="symmetric", help="label of a toggle button to click in the explorer")
     parser.add_argument("--out", type=Path, default=Path("/tmp/lowbit-browser-check"))
     parser.add_argument("--port", type=int, default=8899)
     args = parser.parse_args()
@@ -59,7 +69,7 @@ def main() -> None:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{args.port}/lab/tree/{args.notebook}")
+            page.goto(f"http://127.0.0.1:{args.port}/lab/tree/{args.notebook}?reset")  # no tabs from an old workspace
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
             wait_idle(page, 120_000)
             page.screenshot(path=str(args.out / "01_open.png"))
@@ -75,10 +85,12 @@ def main() -> None:
             widget.scroll_into_view_if_needed()
             time.sleep(2)
             page.screenshot(path=str(args.out / "03_widget.png"))
-            page.locator(".jupyter-widgets .noUi-handle").first.click()
+            handle = page.locator(".jupyter-widgets .noUi-handle").first
+            print(f"slider handles: {page.locator('.jupyter-widgets .noUi-handle').count()}, first at {handle.bounding_box()}")
+            handle.click()
             page.keyboard.press("ArrowLeft")
             page.keyboard.press("ArrowLeft")
-            page.get_by_text("symmetric", exact=True).first.click()
+            page.locator(".jupyter-widgets button").get_by_text(args.toggle, exact=True).first.click()
             time.sleep(4)
             page.screenshot(path=str(args.out / "04_changed.png"))
             print(f"{page.locator('.jupyter-widgets').count()} widget views; screenshots in {args.out}")

@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from _results import write_section
+from _results import RESULTS, write_section
 from autograder.submissions import fill_answers, solution_answers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,9 +110,20 @@ def write_results(rows: list[tuple]) -> None:
              "a grading run ≤ 30 s.", "",
              "| lab | Restart & Run All | slowest cell | Run All, grading flag on | `autograder grade`, 1 submission |",
              "|---|---|---|---|---|"]
+    table = earlier_rows({lab for lab, *_ in rows})
     for lab, full, slowest, slowest_id, shrunk, graded in rows:
-        lines.append(f"| `{lab}` | {full:.1f} s | {slowest:.1f} s (`{slowest_id}`) | {shrunk:.1f} s | {graded:.1f} s |")
+        table[lab] = f"| `{lab}` | {full:.1f} s | {slowest:.1f} s (`{slowest_id}`) | {shrunk:.1f} s | {graded:.1f} s |"
+    lines += [table[lab] for lab in sorted(table)]
     write_section("Labs", "\n".join(lines[2:]))
+
+
+def earlier_rows(measured: set[str]) -> dict[str, str]:
+    """Rows of the "Labs" table in RESULTS.md for labs not measured in this run (a run of one lab keeps the others)."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    section = re.search(r"^## Labs\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    rows = re.findall(r"^(\| `([\w-]+)` \|.*)$", section.group(1), flags=re.M) if section else []
+    return {lab: line for line, lab in rows if lab not in measured}
+
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,8 @@
 # **You will be able to**
 # 1. explain weight sharing and count its storage: $n \cdot b$ index bits plus a $2^b$-entry codebook;
 # 2. implement 1-D k-means (Lloyd's algorithm) vectorized in PyTorch, with a deterministic init and empty-cluster rule;
-# 3. compress the whole course CNN with codebooks at 8, 4, 3 and 2 bits and read the accuracy/size table;
+# 3. compress the whole course CNN with codebooks at 8, 4, 3 and 2 bits, read the accuracy/size table, and see
+#    why the first layer is kept in higher precision;
 # 4. derive the gradient of the loss with respect to a shared value and fine-tune codebooks with it;
 # 5. judge when Lloyd's algorithm is far from the optimal clustering, and compare k-means with linear quantization.
 #

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test venv release bench clean-venv
+.PHONY: lab test venv release notebooks bench clean-venv
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 # Release and grading: see course/instructor-guide.md. The grader's sandbox needs bubblewrap (apt-get install bubblewrap).
 release: $(STAMP)
 	$(BIN)/python -m autograder release
+
+# Worked solutions with their outputs, for reading (course/notebooks/); re-run after changing a solution.
+notebooks: $(STAMP)
+	$(BIN)/python course/build_notebooks.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -183,15 +183,16 @@ def _same(before: Any, value: Any) -> bool:
     return True
 
 
-def assert_not_modified(fn: Callable, *args: Any, what: str | None = None, **kwargs: Any) -> Any:
+def assert_not_modified(fn: Callable, *args: Any, what: str | None = None, **kwargs: Any) -> None:
     """Call ``fn(*args, **kwargs)`` and check it changed none of its tensor / module arguments in place.
 
-    Returns what ``fn`` returned, so the check can wrap the call under test.
+    Returns None, like every ``assert_*`` helper: a visible test cell that ends with it displays nothing
+    (a student's copy has no hidden tests after it, and nbgrader reads a displayed number as partial credit).
     """
     name = what or f"{getattr(fn, '__name__', 'the function')} does not modify its inputs"
     before_args = [_snapshot(a) for a in args]
     before_kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
-    result = fn(*args, **kwargs)
+    fn(*args, **kwargs)
     changed = [f"argument {i}" for i, (b, a) in enumerate(zip(before_args, args)) if not _same(b, a)]
     changed += [f"argument {k}=" for k, v in kwargs.items() if not _same(before_kwargs[k], v)]
     if changed:
@@ -203,4 +204,3 @@ def assert_not_modified(fn: Callable, *args: Any, what: str | None = None, **kwa
               "an in-place operation on the input (x /= s, x.clamp_(), x[...] = ...): work on a copy, "
               "e.g. y = x / s")
     _passed(name)
-    return result

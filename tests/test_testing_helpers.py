@@ -67,10 +67,12 @@ def test_dtype_and_shape():
         assert_shape(torch.zeros(4), (4, 1, 1, 1), "keepdim")
 
 
-def test_not_modified_detects_in_place_changes_and_returns_result(capsys):
+def test_not_modified_detects_in_place_changes_and_returns_nothing(capsys):
     x = torch.tensor([1.0, 2.0])
-    result = assert_not_modified(lambda t, s: t / s, x, 2.0, what="pure")
-    assert torch.equal(result, torch.tensor([0.5, 1.0])) and torch.equal(x, torch.tensor([1.0, 2.0]))
+    calls = []
+    result = assert_not_modified(lambda t, s: calls.append(t / s), x, 2.0, what="pure")
+    assert result is None, "a test cell ending with the check must display nothing"
+    assert len(calls) == 1 and torch.equal(calls[0], torch.tensor([0.5, 1.0])) and torch.equal(x, torch.tensor([1.0, 2.0]))
 
     def mutating(t, s):
         t /= s

@@ -21,6 +21,7 @@ RUNS: list[tuple[str, list[str], list[str]]] = [
     ("bench_foundation.py", [], []),
     ("bench_quant_linear.py", ["--threads", "1"], []),
     ("bench_kmeans.py", ["--threads", "1"], []),
+    ("bench_qat.py", ["--threads", "1"], ["--write"]),
     ("bench_lab1_accuracy.py", [], ["--write"]),
     ("bench_lab2_accuracy.py", [], ["--write"]),
     ("bench_labs.py", [], ["--write"]),

@@ -118,7 +118,7 @@ class Explorer:
 
 _DISPLAY_NAMES = {"sse": "SSE", "mse": "MSE", "sqnr_db": "SQNR (dB)", "uniform_sse": "uniform SSE",
                   "uniform_over_kmeans": "uniform SSE / k-means SSE", "clip_mse": "clipping MSE",
-                  "round_mse": "rounding MSE", "total_mse": "total MSE"}
+                  "round_mse": "rounding MSE", "total_mse": "total MSE", "d_mse_d_step": "d MSE / d step"}
 
 
 def _display_name(key: str) -> str:

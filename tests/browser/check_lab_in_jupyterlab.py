@@ -59,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebook", nargs="?", default="solutions/lab1_linear/lab1_linear.ipynb")
     parser.add_argument("cells", nargs="?", type=int, default=15)
-    parser.add_argument("--toggle", default="symmetric", help="label of a toggle button to click in the explorer")
+    parser.add_argument("--toggle", default="symmetric", help="label of a toggle button to click in the explorer ('' for none)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/lowbit-browser-check"))
     parser.add_argument("--port", type=int, default=8899)
     args = parser.parse_args()
@@ -90,7 +90,8 @@ def main() -> None:
             handle.click()
             page.keyboard.press("ArrowLeft")
             page.keyboard.press("ArrowLeft")
-            page.locator(".jupyter-widgets button").get_by_text(args.toggle, exact=True).first.click()
+            if args.toggle:
+                page.locator(".jupyter-widgets button").get_by_text(args.toggle, exact=True).first.click()
             time.sleep(4)
             page.screenshot(path=str(args.out / "04_changed.png"))
             print(f"{page.locator('.jupyter-widgets').count()} widget views; screenshots in {args.out}")

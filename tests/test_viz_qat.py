@@ -1,0 +1,51 @@
+"""lowbit.viz.qat: drive the STE explorer's controls and check the gradients it shows."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.quant import qat as Q
+from lowbit.viz import qat as viz
+
+
+def line_data(explorer, index: int) -> torch.Tensor:
+    return torch.as_tensor(explorer.figure.axes[index].lines[-1 if index == 0 else 0].get_ydata())
+
+
+def test_ste_explorer_shows_the_lsq_gradients(capsys):
+    explorer = viz.ste_explorer(show=False)
+    x = torch.linspace(-3, 3, 1201)
+    for bits, step in ((3, 0.5), (4, 0.1), (2, 1.0)):
+        explorer.controls["bits"].value = bits
+        explorer.controls["step"].value = step
+        step = float(explorer.controls["step"].value)   # the log slider snaps to its grid
+        q_min, q_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        v = x / step
+        inside = (v >= q_min) & (v <= q_max)
+        assert torch.allclose(line_data(explorer, 0), torch.round(v.clamp(q_min, q_max)) * step, atol=1e-6)
+        assert torch.equal(line_data(explorer, 1), inside.float())
+        want = torch.where(inside, torch.round(v) - v, v.clamp(q_min, q_max).round())
+        assert torch.allclose(line_data(explorer, 2), want, atol=1e-5)
+        assert explorer.stats["levels"] == 2**bits
+        assert explorer.stats["clip_high"] == pytest.approx(q_max * step)
+    assert capsys.readouterr().err == ""
+
+
+def test_ste_explorer_step_gradient_sign_says_which_error_dominates():
+    explorer = viz.ste_explorer(bits=3, step=0.02, show=False)
+    assert explorer.stats["clipped_fraction"] > 0.8
+    assert explorer.stats["d_mse_d_step"] < 0, "a tiny step clips most values: the step should grow"
+    explorer.controls["step"].value = 1.9
+    assert explorer.stats["clipped_fraction"] < 0.01
+    assert explorer.stats["d_mse_d_step"] > 0, "a huge step has coarse rounding: the step should shrink"
+
+
+def test_ste_explorer_with_a_fixed_step_ste_and_with_broken_functions(capsys):
+    fixed = viz.ste_explorer(lambda x, s, b: Q.fake_quantize_ste(x, s.detach(), 0, b), show=False)
+    assert fixed.stats["d_mse_d_step"] != fixed.stats["d_mse_d_step"], "NaN: no gradient reaches the step"
+    assert torch.isnan(line_data(fixed, 2)).all()
+    detached = viz.ste_explorer(lambda x, s, b: torch.round(x / s).detach() * s.detach(), show=False)
+    assert "no gradient" in detached.stats["error"]
+    wrong_shape = viz.ste_explorer(lambda x, s, b: x.sum(), show=False)
+    assert "expected a tensor of shape" in wrong_shape.stats["error"]
+    assert "✗ ste_explorer" in capsys.readouterr().out

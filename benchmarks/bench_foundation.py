@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from _timing import median_seconds
+
 REPEATS = 5
 
 
@@ -34,15 +36,6 @@ def median_import_seconds(statements: list[str]) -> list[float]:
     return [statistics.median(samples[code]) - baseline for code in statements]
 
 
-def median_seconds(function, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def main() -> None:
     from lowbit import data, models
     from lowbit.train import evaluate
@@ -57,8 +50,8 @@ def main() -> None:
           f"{import_lowbit / import_torch:.2f})")
 
     checkpoint = models.CHECKPOINT_DIR / "cnn.pt"
-    load_raw = median_seconds(lambda: torch.load(checkpoint, map_location="cpu", weights_only=True))
-    load_pretrained = median_seconds(lambda: models.pretrained("cnn"))
+    load_raw = median_seconds(lambda: torch.load(checkpoint, map_location="cpu", weights_only=True), REPEATS)
+    load_pretrained = median_seconds(lambda: models.pretrained("cnn"), REPEATS)
     print(f"torch.load(cnn.pt)      : {load_raw * 1e3:8.2f} ms")
     print(f"pretrained('cnn')       : {load_pretrained * 1e3:8.2f} ms (ratio to torch.load: "
           f"{load_pretrained / load_raw:.2f})")
@@ -69,8 +62,8 @@ def main() -> None:
     folded = models.fold_batchnorm(model)
     accuracy = evaluate(model, test_loader, device="cpu")
     accuracy_folded = evaluate(folded, test_loader, device="cpu")
-    eval_cnn = median_seconds(lambda: evaluate(model, test_loader, device="cpu"))
-    eval_folded = median_seconds(lambda: evaluate(folded, test_loader, device="cpu"))
+    eval_cnn = median_seconds(lambda: evaluate(model, test_loader, device="cpu"), REPEATS)
+    eval_folded = median_seconds(lambda: evaluate(folded, test_loader, device="cpu"), REPEATS)
     n = len(test_loader.dataset)
     print(f"evaluate(cnn), {n} imgs : {eval_cnn * 1e3:8.1f} ms ({n / eval_cnn:,.0f} img/s), "
           f"accuracy {accuracy:.4f}")

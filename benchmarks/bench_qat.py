@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -23,18 +22,12 @@ import torch
 
 import lowbit
 from _results import write_section
+from _timing import median_seconds
 from lowbit.quant import qat as Q
 
 
-def median_ms(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def median_ms(fn: Callable[[], None], repeats: int) -> float:
+    return 1000 * median_seconds(fn, repeats, warmup=3)
 
 
 def operator_rows(repeats: int) -> list[tuple[str, float, float]]:

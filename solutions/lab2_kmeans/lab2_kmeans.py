@@ -345,11 +345,12 @@ for bits in (4, 3, 2):
 # 32 bits for every other parameter. For contrast, the last column is Lab 1's symmetric **per-channel linear**
 # quantization at the same bits (lowbit's reference; at 2 bits its restricted grid has only 3 levels).
 #
-# The first convolution is special: it sees raw pixels, and its 288 weights (32 filters of $3\times3$) hold
-# 0.5 % of the parameters but get a whole codebook of their own. Low-bit networks usually keep the first layer
-# at higher precision (XNOR-Net, Rastegari et al. 2016; DoReFa-Net, Zhou et al. 2016; PACT, Choi et al. 2018).
-# The column *conv1 fp32* does that: conv1 stays float (288 × 32 bits = 1.1 KiB), every other layer gets
-# its codebook.
+# The first convolution is special: it sees raw pixels through only 9 weights per filter, so moving one
+# weight to a shared value changes a whole feature map, and its 32 filters (largest $|w|$ from 0.35 to 0.90)
+# must share one codebook. It holds 0.5 % of the parameters (288). Low-bit networks usually keep the first
+# layer at higher precision (XNOR-Net, Rastegari et al. 2016; DoReFa-Net, Zhou et al. 2016; PACT, Choi et al.
+# 2018). The column *conv1 fp32* does that: conv1 stays float (288 × 32 bits = 1.1 KiB), every other layer
+# gets its codebook.
 
 # %% nbgrader={"grade": false, "grade_id": "part2_experiment", "locked": true, "schema_version": 3, "solution": false, "task": false}
 def kmeans_quantize_model(model: nn.Module, bits: int, keep_float: tuple[str, ...] = ()

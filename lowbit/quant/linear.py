@@ -142,6 +142,21 @@ def _check_broadcast(param: torch.Tensor, shape: torch.Size, name: str) -> None:
         raise ValueError(f"{name} of shape {tuple(param.shape)} would change the input's shape {tuple(shape)}")
 
 
+def _checked_qparams(shape: torch.Size, scale: ScaleLike, zero_point: ZeroPointLike, bits: int,
+                     signed: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Validated ``(float32 scale, int64 zero point, q_min, q_max)`` for quantizing a tensor of ``shape``:
+    scale finite and > 0, zero point integral and inside the range, both broadcasting to ``shape``."""
+    q_min, q_max = quantized_range(bits, signed)
+    s = _scale_tensor(scale)
+    z = _zero_point_tensor(zero_point)
+    _check_broadcast(s, shape, "scale")
+    _check_broadcast(z, shape, "zero_point")
+    if bool((z < q_min).any()) or bool((z > q_max).any()):
+        raise ValueError(f"zero_point must lie in the quantized range [{q_min}, {q_max}] for bits={bits}, "
+                         f"signed={signed}; got {zero_point!r}")
+    return s, z, q_min, q_max
+
+
 # -------------------------------------------------------------------------------------- quantize / back
 def linear_quantize(r: torch.Tensor, scale: ScaleLike, zero_point: ZeroPointLike, bits: int,
                     signed: bool = True) -> torch.Tensor:
@@ -157,14 +172,7 @@ def linear_quantize(r: torch.Tensor, scale: ScaleLike, zero_point: ZeroPointLike
         integer tensor of ``r``'s shape, dtype ``storage_dtype(bits, signed)`` (int8 / uint8 for 8 bits).
     """
     r = _check_float_tensor(r)
-    q_min, q_max = quantized_range(bits, signed)
-    s = _scale_tensor(scale)
-    z = _zero_point_tensor(zero_point)
-    _check_broadcast(s, r.shape, "scale")
-    _check_broadcast(z, r.shape, "zero_point")
-    if bool((z < q_min).any()) or bool((z > q_max).any()):
-        raise ValueError(f"zero_point must lie in the quantized range [{q_min}, {q_max}] for bits={bits}, "
-                         f"signed={signed}; got {zero_point!r}")
+    s, z, q_min, q_max = _checked_qparams(r.shape, scale, zero_point, bits, signed)
     if not bool(torch.isfinite(r).all()):
         raise ValueError("r contains NaN or infinity; quantization needs finite values")
     rounded = torch.round(r.to(torch.float32) / s)            # float32 division, round half to even

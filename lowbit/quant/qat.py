@@ -35,24 +35,19 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from lowbit.quant.linear import _check_bits, quantized_range
+from lowbit.quant.linear import _check_bits, _check_float_tensor, _checked_qparams, quantized_range
 
 __all__ = ["ste_round", "fake_quantize_ste", "lsq_fake_quantize", "lsq_init_step", "STEP_INITS", "pact_quantize",
            "LSQQuantizer", "PACTQuantizer", "QATConv2d", "QATLinear", "prepare_qat", "freeze_qat",
            "qat_quantizers"]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 # ------------------------------------------------------------------------------------------ checks
 def _check_float(x: object, name: str = "x") -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; convert with {name}.float()")
-    if x.numel() == 0:
+    """``x`` if it is a non-empty floating-point tensor (``lowbit.quant.linear``'s dtype check), else raise."""
+    _check_float_tensor(x, name)
+    if x.numel() == 0:  # type: ignore[union-attr]
         raise ValueError(f"{name} is empty: there is nothing to quantize")
-    return x
+    return x  # type: ignore[return-value]
 
 
 def _check_positive(value: Tensor, name: str) -> None:
@@ -60,15 +55,6 @@ def _check_positive(value: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be finite and > 0 everywhere, got {value.detach().reshape(-1)[:8].tolist()}"
                          f"{' …' if value.numel() > 8 else ''}; a zero {name} would divide by zero (a constant or "
                          "all-zero tensor has no range: initialise from data with a nonzero spread)")
-
-
-def _as_tensor(value: float | Tensor, like: Tensor, name: str) -> Tensor:
-    """``value`` as a tensor on ``like``'s device; a Python number becomes float32 (not ``like``'s dtype:
-    a float16 input must not round its scale to float16)."""
-    tensor = value if isinstance(value, Tensor) else torch.tensor(float(value), dtype=torch.float32, device=like.device)
-    if not tensor.is_floating_point():
-        raise TypeError(f"{name} must be a float or a floating-point tensor, got {tensor.dtype}")
-    return tensor
 
 
 # ------------------------------------------------------------------------------------------ STE
@@ -115,14 +101,9 @@ def fake_quantize_ste(x: Tensor, scale: float | Tensor, zero_point: int | Tensor
     ``per_channel_affine`` (which multiply by ``1 / S``: equal whenever ``S`` is a power of two).
     """
     _check_float(x)
-    bits = _check_bits(bits)
-    q_min, q_max = quantized_range(bits, signed)
-    scale_t = _as_tensor(scale, x, "scale").to(torch.float32)
-    _check_positive(scale_t, "scale")
-    zero_t = zero_point.to(torch.float32) if isinstance(zero_point, Tensor) else torch.tensor(float(zero_point))
-    if not bool((zero_t == zero_t.round()).all()):
-        raise ValueError(f"zero_point must be integer-valued, got {zero_t.reshape(-1)[:8].tolist()}")
-    return _FakeQuantizeSTE.apply(x.to(torch.float32), scale_t, zero_t.to(x.device), q_min, q_max)
+    scale_t, zero_t, q_min, q_max = _checked_qparams(x.shape, scale, zero_point, bits, signed)
+    return _FakeQuantizeSTE.apply(x.to(torch.float32), scale_t.to(x.device), zero_t.to(x.device, torch.float32),
+                                  q_min, q_max)
 
 
 # ------------------------------------------------------------------------------------------ LSQ
@@ -153,7 +134,7 @@ class _LSQ(torch.autograd.Function):
 
 
 def _lsq_q_max(bits: object, signed: bool) -> tuple[int, int]:
-    q_min, q_max = quantized_range(_check_bits(bits), signed)
+    q_min, q_max = quantized_range(bits, signed)
     if q_max < 1:
         raise ValueError(f"signed {bits}-bit LSQ has Q_P = {q_max}: no positive level to learn a step from; "
                          "use bits >= 2, or signed=False")

@@ -173,6 +173,31 @@ def expect_raises(exc_type: type[BaseException] | tuple[type[BaseException], ...
     raise AssertionError(f"{label}: expected {names}, but the call returned {describe(result)}")
 
 
+def _tensors_in(values: Any) -> list[torch.Tensor]:
+    """Every tensor among ``values``, looking inside tuples and lists (e.g. a NamedTuple codebook), in order."""
+    found: list[torch.Tensor] = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            found.extend(_tensors_in(value))
+    return found
+
+
+def expect_unchanged(fn: Callable, *args: Any, what: str, **kwargs: Any) -> Any:
+    """Call ``fn(*args, **kwargs)`` and assert it modified none of the tensors in ``args`` in place.
+
+    Tensors are numbered in argument order (inside tuples too) in the message. Returns what ``fn`` returned.
+    """
+    inputs = _tensors_in(args)
+    before = [tensor.clone() for tensor in inputs]
+    result = fn(*args, **kwargs)
+    for index, (kept, now) in enumerate(zip(before, inputs)):
+        if not torch.equal(kept, now):
+            raise AssertionError(f"{what} modified its input {index} in place; work on a copy instead")
+    return result
+
+
 # ------------------------------------------------------------------------------------ test data makers
 def generator(seed: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with ``seed``: every random input of a check comes from one."""

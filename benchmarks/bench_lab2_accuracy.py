@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import lowbit
 from _results import write_section
+from lowbit.models import model_size_bits
 from lowbit.quant.kmeans import Codebook, compressed_bits, finetune_codebooks, quantize_model_kmeans
 from lowbit.train import evaluate
 
@@ -45,10 +46,10 @@ def finetune(quantized: nn.Module, codebooks: dict[str, Codebook], rule: str) ->
 
 
 def size_ratio(model: nn.Module, codebooks: dict[str, Codebook], bits: int) -> float:
-    quantized_ids = {id(dict(model.named_modules())[name].weight) for name in codebooks}
-    other = sum(p.numel() for p in model.parameters() if id(p) not in quantized_ids)
-    size = sum(compressed_bits(cb.labels.numel(), bits) for cb in codebooks.values()) + 32 * other
-    return 32 * sum(p.numel() for p in model.parameters()) / size
+    """FP32 size over k-means size: ``bits`` per quantized weight, an fp32 codebook per layer, 32 bits otherwise."""
+    indices_and_floats = model_size_bits(model, {f"{name}.weight": bits for name in codebooks})
+    size = indices_and_floats + len(codebooks) * compressed_bits(0, bits)   # compressed_bits(0, b): the codebook
+    return model_size_bits(model) / size
 
 
 def table(evaluators: dict[str, Callable[[nn.Module], float]]) -> list[dict[str, object]]:

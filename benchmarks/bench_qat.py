@@ -71,7 +71,6 @@ def training_step_rows(repeats: int) -> list[tuple[str, float]]:
               "torch.ao eager prepare_qat, x86 qconfig (8-bit)": torch_ao_qat(model)}
     rows = []
     for name, candidate in models.items():
-        candidate(images)  # initialises LSQ steps and torch's observers
         optimizer = torch.optim.SGD(candidate.parameters(), lr=1e-4)
 
         def step() -> None:

@@ -45,35 +45,71 @@ def _num_batches(loader: Iterable[Batch], max_batches: int | None) -> int | None
     return min(total, max_batches) if max_batches is not None else total
 
 
+Hook = Callable[..., object]
+
+
+def _as_list(hooks: Hook | Iterable[Hook] | None) -> list[Hook]:
+    if hooks is None:
+        return []
+    return [hooks] if callable(hooks) else list(hooks)
+
+
 def train(model: nn.Module, loader: Iterable[Batch], epochs: int = 1, lr: float = 1e-3,
           optimizer: torch.optim.Optimizer | None = None, device: torch.device | str | None = None,
           progress: bool = True, max_batches: int | None = None,
           scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-          augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
-    """Train ``model`` with cross-entropy and return the per-batch losses (floats, in order).
+          augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+          extra_loss: Hook | Iterable[Hook] | None = None, before_step: Hook | Iterable[Hook] | None = None,
+          after_step: Hook | Iterable[Hook] | None = None, mode: str = "train", desc: str = "epoch"
+          ) -> list[float]:
+    """Train ``model`` and return the per-batch losses (floats, in order). The one training loop of the
+    package: QAT, ``kmeans.finetune_codebooks`` and later AdaRound run through it with hooks.
 
-    Uses ``optimizer`` when given, else Adam with learning rate ``lr``. ``scheduler`` (optional) is stepped
-    after every batch. ``augment`` (optional) maps an image batch to an augmented one. ``max_batches`` caps
-    the batches per epoch. The model is left in train mode on ``device`` (default: ``lowbit.device()``).
+    Each batch ``(inputs, targets)``: ``loss = loss_fn(model(inputs), targets) + Σ extra_loss(model)`` (e.g.
+    PACT's ``qat.alpha_penalty``, a rounding regularizer); gradients zeroed (the model's and the
+    optimizer's), ``loss.backward()``; every ``before_step(model)`` (e.g. turn weight gradients into centroid
+    gradients); ``optimizer.step()``; every ``after_step(model, step_index, loss_value)`` (e.g. write
+    codebooks back, anneal a temperature); then ``scheduler.step()`` (per batch) if given.
+
+    Uses ``optimizer`` when given, else Adam over ``model.parameters()`` with learning rate ``lr`` — built
+    here, before the first batch, so every parameter must already exist (``qat.prepare_qat`` guarantees it).
+    ``augment`` (optional) maps an input batch to an augmented one. ``max_batches`` caps the batches per
+    epoch. ``mode``: ``"train"`` (default) or ``"eval"`` (BatchNorm statistics and dropout frozen while
+    training). ``device``: where the model and batches go (default ``lowbit.device()``; ``"keep"``: leave
+    the model where it is and the batches as they come). The model is left in ``mode``.
     """
     if not isinstance(epochs, int) or epochs <= 0:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    dev = torch.device(device) if device is not None else default_device()
-    model.to(dev).train()
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    dev = None if device == "keep" else (torch.device(device) if device is not None else default_device())
+    if dev is not None:
+        model.to(dev)
+    model.train(mode == "train")
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    extra, before, after = _as_list(extra_loss), _as_list(before_step), _as_list(after_step)
     losses: list[float] = []
     total = _num_batches(loader, max_batches)
     for epoch in range(epochs):
-        bar = tqdm(_limited(loader, max_batches), total=total, desc=f"epoch {epoch + 1}/{epochs}",
+        bar = tqdm(_limited(loader, max_batches), total=total, desc=f"{desc} {epoch + 1}/{epochs}",
                    disable=not progress, leave=False)
         for images, labels in bar:
-            images, labels = images.to(dev), labels.to(dev)
+            if dev is not None:
+                images, labels = images.to(dev), labels.to(dev)
             if augment is not None:
                 images = augment(images)
-            loss = F.cross_entropy(model(images), labels)
+            loss = loss_fn(model(images), labels)
+            for term in extra:
+                loss = loss + term(model)
+            model.zero_grad(set_to_none=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for hook in before:
+                hook(model)
             optimizer.step()
+            for hook in after:
+                hook(model, len(losses), loss.item())
             if scheduler is not None:
                 scheduler.step()
             losses.append(loss.item())

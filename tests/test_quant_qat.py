@@ -237,3 +237,39 @@ def test_minmax_step_init_covers_the_largest_value_without_clipping():
         Q.lsq_init_step(w, 4, init="mse")
     with pytest.raises(ValueError, match="weight_init must be one of"):
         Q.prepare_qat(small_cnn(), weight_init="percentile")
+
+
+def test_train_moves_every_lsq_step_of_a_prepare_qat_model():
+    """Issue 9: train() builds its optimizer before the first batch; the steps it trains must be the steps
+    forward() uses (they used to be replaced on the first forward pass and never trained)."""
+    import lowbit
+    from torch.utils.data import DataLoader, TensorDataset
+    images, labels = lowbit.data.calibration_batch(256, seed=0)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=64)
+    torch.manual_seed(0)
+    model = lowbit.models.TinyMLP()
+    initial = Q.prepare_qat(model, 4, 4)
+    with torch.no_grad():
+        initial(images[:64])                       # the first batch sets the activation steps' values
+    qat = Q.prepare_qat(model, 4, 4)
+    steps_before = {name: p for name, p in qat.named_parameters() if name.endswith("step")}
+    assert len(steps_before) == 3, "two weight steps (per channel) and one activation step"
+    lowbit.train.train(qat, loader, epochs=1, lr=1e-4, device="cpu", progress=False)
+    steps_after = {name: p for name, p in qat.named_parameters() if name.endswith("step")}
+    assert all(steps_after[name] is p for name, p in steps_before.items()), "the step parameters are never replaced"
+    for name, start in initial.named_parameters():
+        if name.endswith("step"):
+            assert steps_after[name].shape == start.shape, name
+            assert not torch.equal(steps_after[name], start), f"{name} did not train"
+
+
+def test_a_per_channel_lsq_quantizer_has_its_final_step_before_any_forward_pass():
+    w = data(6, 5)
+    prepared = Q.LSQQuantizer(4, channel_dim=0, example=w)
+    assert prepared.step.shape == (6, 1) and bool(prepared.initialized)
+    unprepared = Q.LSQQuantizer(4, channel_dim=0)
+    with pytest.raises(RuntimeError, match="prepare"):
+        unprepared(w)
+    step = unprepared.prepare(w).step
+    out = unprepared(w)
+    assert unprepared.step is step and torch.equal(out, prepared(w))

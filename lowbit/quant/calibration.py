@@ -20,25 +20,18 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from lowbit.quant.linear import _check_bits, _check_float_tensor, affine_qparams, quantized_range
+from lowbit.quant import fakequant
+from lowbit.quant.linear import affine_qparams, quantized_range
+from lowbit.quant.validate import check_bits, check_data
 
 __all__ = ["minmax", "ema_minmax", "percentile_range", "mse_clip_range", "abs_histogram", "kl_clip_threshold",
            "Observer", "MinMaxObserver", "EMAMinMaxObserver", "PercentileObserver", "MSEObserver", "KLObserver",
-           "OBSERVERS", "make_observer"]
-
-
-def _check_data(x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    x = _check_float_tensor(x, name)
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): a range needs at least one value")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinity; calibrate on finite activations")
-    return x.detach()
+           "SampleObserver", "OBSERVERS", "make_observer", "register_observer"]
 
 
 def minmax(x: torch.Tensor) -> tuple[float, float]:
     """(min, max) of a non-empty finite float tensor, as Python floats."""
-    x = _check_data(x)
+    x = check_data(x)
     lo, hi = torch.aminmax(x.to(torch.float32))
     return float(lo), float(hi)
 
@@ -54,7 +47,7 @@ def ema_minmax(batches: Iterable[torch.Tensor], momentum: float = 0.01) -> tuple
         raise ValueError(f"momentum must be in (0, 1], got {momentum}")
     state: tuple[torch.Tensor, torch.Tensor] | None = None
     for batch in batches:
-        lo_b, hi_b = torch.aminmax(_check_data(batch, "batch").to(torch.float32))
+        lo_b, hi_b = torch.aminmax(check_data(batch, "batch").to(torch.float32))
         if state is None:
             state = (lo_b, hi_b)
         else:
@@ -79,7 +72,7 @@ def percentile_range(x: torch.Tensor, pct: float = 99.99) -> tuple[float, float]
 
     pct must be in [50, 100]; 100 gives (min, max).
     """
-    x = _check_data(x)
+    x = check_data(x)
     if not 50 <= pct <= 100:
         raise ValueError(f"pct must be between 50 and 100 (e.g. 99.99), got {pct}")
     lo, hi = _quantiles(x, torch.tensor([(100 - pct) / 100, pct / 100], dtype=torch.float64))
@@ -91,8 +84,8 @@ def _candidate_errors(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits:
     scale, zero_point = affine_qparams(lo, hi, bits, signed=False)
     q_min, q_max = quantized_range(bits, signed=False)
     scale, zero_point = scale.unsqueeze(1), zero_point.unsqueeze(1).to(torch.float32)
-    q = torch.clamp(torch.round(x.unsqueeze(0) / scale) + zero_point, q_min, q_max)
-    return ((q - zero_point) * scale - x.unsqueeze(0)).pow(2).mean(dim=1)
+    x_hat = fakequant.fake_quantize(x.unsqueeze(0), scale, zero_point, q_min, q_max)
+    return (x_hat - x.unsqueeze(0)).pow(2).mean(dim=1)
 
 
 def mse_clip_range(x: torch.Tensor, bits: int, num_candidates: int = 100,
@@ -103,8 +96,8 @@ def mse_clip_range(x: torch.Tensor, bits: int, num_candidates: int = 100,
     than ``max_elements`` are evaluated on an evenly strided subsample of that size (deterministic).
     Returns (lo, hi) as Python floats; ties go to the largest α.
     """
-    x = _check_data(x).reshape(-1).to(torch.float32)
-    bits = _check_bits(bits)
+    x = check_data(x).reshape(-1).to(torch.float32)
+    bits = check_bits(bits)
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
         raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
     if x.numel() > max_elements:
@@ -119,7 +112,7 @@ def mse_clip_range(x: torch.Tensor, bits: int, num_candidates: int = 100,
 
 def abs_histogram(x: torch.Tensor, num_bins: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Histogram of |x| over [0, max|x|]: (counts float64 [num_bins], bin_edges float64 [num_bins + 1])."""
-    x = _check_data(x)
+    x = check_data(x)
     magnitude = x.abs().reshape(-1).to(torch.float64)
     top = float(magnitude.max())
     top = top if top > 0 else 1.0
@@ -173,7 +166,7 @@ def kl_clip_threshold(hist: torch.Tensor | np.ndarray, bin_edges: torch.Tensor |
     counts = np.asarray(hist.detach().cpu() if isinstance(hist, torch.Tensor) else hist, dtype=np.float64)
     edges = np.asarray(bin_edges.detach().cpu() if isinstance(bin_edges, torch.Tensor) else bin_edges,
                        dtype=np.float64)
-    bits = _check_bits(bits, low=2, high=16)
+    bits = check_bits(bits, low=2, high=16)
     if counts.ndim != 1 or edges.shape != (counts.size + 1,):
         raise ValueError(f"expected hist [num_bins] and bin_edges [num_bins + 1], got {counts.shape} and "
                          f"{edges.shape}")
@@ -200,17 +193,38 @@ def kl_clip_threshold(hist: torch.Tensor | np.ndarray, bin_edges: torch.Tensor |
 
 
 # --------------------------------------------------------------------------------------------- observers
+#: observer name → class, as accepted by ``make_observer`` and ``lowbit.quant.ptq.ptq(observer=...)``. A
+#: subclass of ``Observer`` with a ``name`` of its own joins it when it is defined (``register=False`` opts out).
+OBSERVERS: dict[str, type["Observer"]] = {}
+
+
+def register_observer(cls: type["Observer"]) -> type["Observer"]:
+    """Add ``cls`` to ``OBSERVERS`` under ``cls.name`` (done automatically for subclasses; usable as decorator)."""
+    OBSERVERS[cls.name] = cls
+    return cls
+
+
 class Observer:
     """Accumulates statistics of calibration batches. ``update(x)`` → self; ``range()`` → (lo, hi) floats;
-    ``qparams(bits, signed)`` → ``affine_qparams(*range(), bits, signed)``."""
+    ``qparams(bits, signed)`` → ``affine_qparams(*range(), bits, signed)``.
+
+    A new observer subclasses this with a class attribute ``name`` and ``_update`` / ``_range``; set
+    ``uses_bits = True`` when its range depends on the bit width (``make_observer`` then passes ``bits``).
+    """
 
     name = "base"
+    uses_bits = False
+
+    def __init_subclass__(cls, register: bool = True, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if register and "name" in cls.__dict__:
+            register_observer(cls)
 
     def __init__(self) -> None:
         self.batches_seen = 0
 
     def update(self, x: torch.Tensor) -> "Observer":
-        self._update(_check_data(x).to(torch.float32))
+        self._update(check_data(x).to(torch.float32))
         self.batches_seen += 1
         return self
 
@@ -272,7 +286,7 @@ class EMAMinMaxObserver(Observer):
         return float(self.lo), float(self.hi)
 
 
-class _SampleObserver(Observer):
+class SampleObserver(Observer):
     """Keeps the observed values (a strided subsample of each batch when it exceeds ``max_per_batch``)."""
 
     def __init__(self, max_per_batch: int = 2 ** 20) -> None:
@@ -290,7 +304,7 @@ class _SampleObserver(Observer):
         return torch.cat(self.samples)
 
 
-class PercentileObserver(_SampleObserver):
+class PercentileObserver(SampleObserver):
     """``percentile_range`` of all observed values."""
 
     name = "percentile"
@@ -303,10 +317,11 @@ class PercentileObserver(_SampleObserver):
         return percentile_range(self.values(), self.pct)
 
 
-class MSEObserver(_SampleObserver):
+class MSEObserver(SampleObserver):
     """``mse_clip_range`` of all observed values at the bit width given to ``range``/``qparams``."""
 
     name = "mse"
+    uses_bits = True
 
     def __init__(self, bits: int = 8, num_candidates: int = 100, max_per_batch: int = 2 ** 20) -> None:
         super().__init__(max_per_batch)
@@ -320,7 +335,7 @@ class MSEObserver(_SampleObserver):
         return super().qparams(bits, signed)
 
 
-class KLObserver(_SampleObserver):
+class KLObserver(SampleObserver):
     """TensorRT entropy calibration on a 2048-bin histogram of |x|.
 
     The threshold T clips |x|; the range is (−T, T) when negative values were seen, else (0, T).
@@ -329,6 +344,7 @@ class KLObserver(_SampleObserver):
     """
 
     name = "kl"
+    uses_bits = True
 
     def __init__(self, bits: int = 8, num_bins: int = 2048, max_per_batch: int = 2 ** 20) -> None:
         super().__init__(max_per_batch)
@@ -346,14 +362,13 @@ class KLObserver(_SampleObserver):
         return super().qparams(bits, signed)
 
 
-#: observer name → class, as accepted by ``lowbit.quant.ptq.ptq(observer=...)``.
-OBSERVERS: dict[str, type[Observer]] = {cls.name: cls for cls in (MinMaxObserver, EMAMinMaxObserver,
-                                                                   PercentileObserver, MSEObserver, KLObserver)}
+_SampleObserver = SampleObserver  # the name before the registry; kept for old imports
 
 
 def make_observer(name: str, bits: int = 8) -> Observer:
-    """A fresh observer by name (``"minmax"``, ``"ema"``, ``"percentile"``, ``"mse"``, ``"kl"``)."""
+    """A fresh observer by name (``"minmax"``, ``"ema"``, ``"percentile"``, ``"mse"``, ``"kl"`` or any
+    registered one); ``bits`` goes to observers whose range depends on it."""
     if name not in OBSERVERS:
         raise ValueError(f"unknown observer {name!r}; choose one of {', '.join(OBSERVERS)}")
     cls = OBSERVERS[name]
-    return cls(bits=bits) if cls in (MSEObserver, KLObserver) else cls()
+    return cls(bits=bits) if cls.uses_bits else cls()

@@ -34,24 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.quant import fakequant
 from lowbit.quant.calibration import Observer, make_observer
 from lowbit.quant.granularity import per_channel_qparams
-from lowbit.quant.linear import (_check_bits, affine_qparams, fake_quantize, linear_dequantize, linear_quantize,
-                                 quantized_range, storage_dtype)
+from lowbit.quant.linear import affine_qparams, fake_quantize, linear_dequantize, linear_quantize, storage_dtype
+from lowbit.quant.validate import check_bits, check_int_tensor, quantized_range
 
 __all__ = ["quantized_matmul", "quantize_bias", "quantize_multiplier", "requantize", "quantized_linear",
            "quantized_conv2d", "IntegerCNN", "integerize", "fake_quant_cnn", "time_int8_linear"]
 
 _INT32 = torch.iinfo(torch.int32)
 _EXACT_FLOAT64 = 2 ** 53
-
-
-def _check_int_tensor(q: object, name: str) -> torch.Tensor:
-    if not isinstance(q, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(q).__name__}")
-    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integers (e.g. torch.uint8 / torch.int8), got {q.dtype}")
-    return q
 
 
 def _zero_point_vector(z: object, length: int, name: str) -> torch.Tensor:
@@ -101,7 +94,7 @@ def quantized_matmul(q_a: torch.Tensor, z_a: int | torch.Tensor, q_b: torch.Tens
     Returns:
         int32 tensor [M, N], exactly equal to (q_a − z_a)(q_b − z_b). Raises OverflowError if it does not fit.
     """
-    q_a, q_b = _check_int_tensor(q_a, "q_a"), _check_int_tensor(q_b, "q_b")
+    q_a, q_b = check_int_tensor(q_a, "q_a"), check_int_tensor(q_b, "q_b")
     if q_a.ndim != 2 or q_b.ndim != 2 or q_a.shape[1] != q_b.shape[0]:
         raise ValueError(f"expected q_a [M, K] and q_b [K, N], got {tuple(q_a.shape)} and {tuple(q_b.shape)}")
     m, k = q_a.shape
@@ -190,8 +183,8 @@ def quantized_linear(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: 
     Returns:
         [N, out] unsigned codes, dtype ``storage_dtype(bits, signed=False)`` (uint8 at 8 bits).
     """
-    _check_bits(bits)
-    q_x, q_w = _check_int_tensor(q_x, "q_x"), _check_int_tensor(q_w, "q_w")
+    check_bits(bits)
+    q_x, q_w = check_int_tensor(q_x, "q_x"), check_int_tensor(q_w, "q_w")
     if q_x.ndim != 2 or q_w.ndim != 2 or q_x.shape[1] != q_w.shape[1]:
         raise ValueError(f"expected q_x [N, in] and q_w [out, in], got {tuple(q_x.shape)} and {tuple(q_w.shape)}")
     out_features = q_w.shape[0]
@@ -200,7 +193,7 @@ def quantized_linear(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: 
     y_scale_t = _scale_vector(y_scale, 1, "y_scale")
     acc = quantized_matmul(q_x, x_zero_point, q_w.t(), 0).to(torch.int64)
     if q_bias is not None:
-        q_bias = _check_int_tensor(q_bias, "q_bias")
+        q_bias = check_int_tensor(q_bias, "q_bias")
         if q_bias.shape != (out_features,):
             raise ValueError(f"q_bias must have shape [{out_features}], got {tuple(q_bias.shape)}")
         acc = acc + q_bias.to(torch.int64)
@@ -225,7 +218,7 @@ def quantized_conv2d(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: 
     ``matmul_fn`` (default ``quantized_matmul``) computes the int32 accumulator (a student's version can be
     plugged in); bias and requantization follow as in ``quantized_linear``.
     """
-    q_x, q_w = _check_int_tensor(q_x, "q_x"), _check_int_tensor(q_w, "q_w")
+    q_x, q_w = check_int_tensor(q_x, "q_x"), check_int_tensor(q_w, "q_w")
     if q_x.ndim != 4 or q_w.ndim != 4 or q_x.shape[1] != q_w.shape[1]:
         raise ValueError(f"expected q_x [N, C, H, W] and q_w [out, C, kh, kw], got {tuple(q_x.shape)} "
                          f"and {tuple(q_w.shape)}")
@@ -372,8 +365,9 @@ class IntegerCNN:
         compare them with ``forward_int(images)`` integer to integer."""
         scale, zero_point = self.output_qparams
         q_min, q_max = quantized_range(self.bits, signed=False)
-        codes = torch.round(self.simulate(images, dtype).double() / scale) + zero_point
-        return codes.clamp(q_min, q_max).to(storage_dtype(self.bits, signed=False))
+        codes = fakequant.quantize(self.simulate(images, dtype), torch.tensor(scale, dtype=torch.float64),
+                                   zero_point, q_min, q_max, dtype=torch.float64)
+        return codes.to(storage_dtype(self.bits, signed=False))
 
     def evaluate(self, loader: Iterable, max_batches: int | None = None) -> float:
         """Top-1 accuracy of the integer path over (images, labels) batches, as a fraction in [0, 1]."""
@@ -410,8 +404,8 @@ class IntegerCNN:
         if y.dtype == torch.float32:
             return fake_quantize(y, scale, zero_point, self.bits, signed=False)
         q_min, q_max = quantized_range(self.bits, signed=False)
-        q = torch.clamp(torch.round(y / scale) + zero_point, q_min, q_max)
-        return (q - zero_point) * scale
+        return fakequant.fake_quantize(y, torch.tensor(scale, dtype=torch.float64), zero_point, q_min, q_max,
+                                       dtype=y.dtype)
 
     def _float_step(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         layer = step.layer
@@ -470,7 +464,7 @@ def integerize(model_folded: nn.Module, calib_images: torch.Tensor, bits: int = 
     (the linear layers, signature of ``quantized_linear``) default to lowbit's; pass a student's to run
     the network on their code. ``model_folded`` is not modified.
     """
-    bits = _check_bits(bits, low=2, high=16)
+    bits = check_bits(bits, low=2, high=16)
     if not isinstance(calib_images, torch.Tensor) or not calib_images.is_floating_point() or calib_images.numel() == 0:
         raise ValueError("calib_images must be a non-empty float tensor [N, C, H, W]")
     was_training = model_folded.training

@@ -36,6 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lowbit.quant.modules import quantizable_layers
+from lowbit.train import train
+from lowbit.quant.validate import check_bits, check_choice, check_float_tensor, check_int
+
 __all__ = [
     "Codebook", "INITS", "RULES", "OPTIMIZERS", "SCHEDULES", "METHODS", "MAX_BITS", "OPTIMAL_MAX_CELLS",
     "linear_init", "random_init", "kmeans_plus_plus_init", "initial_centroids",
@@ -66,35 +70,23 @@ class Codebook(NamedTuple):
 
 # --------------------------------------------------------------------------------------------- validation
 def _check_weights(w: object, name: str = "w") -> None:
-    if not isinstance(w, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
-    if not w.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {w.dtype}; convert it with "
-                        f"{name}.float() first")
-    if w.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(w.shape)}); k-means needs at least one value")
-    if not torch.isfinite(w).all():
-        raise ValueError(f"{name} contains NaN or infinite values; k-means needs finite weights")
+    check_float_tensor(w, name, nonempty=True, finite=True)
 
 
 def _check_k(k: object) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k (number of centroids) must be an int >= 1, got {k!r}")
+    check_int(k, "k (number of centroids)", low=1)
 
 
 def _check_bits(bits: object) -> None:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an int in [1, {MAX_BITS}], got {bits!r}")
+    check_bits(bits, low=1, high=MAX_BITS)
 
 
 def _check_iters(iters: object) -> None:
-    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
-        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
+    check_int(iters, "iters", low=0)
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+    check_choice(name, value, allowed)
 
 
 def _check_labels(labels: object, n: int, k: int) -> None:
@@ -469,21 +461,6 @@ def compressed_bits(numel: int, bits: int, codebook_bits: int = 32) -> int:
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
-def _quantizable_layers(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Module]:
-    """Modules whose ``weight`` gets a codebook: the named ``layers``, else every Conv/Linear layer."""
-    modules = dict(model.named_modules())
-    if layers is None:
-        return {name: m for name, m in modules.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))}
-    chosen = {}
-    for name in layers:
-        module = modules.get(name)
-        if module is None or not isinstance(getattr(module, "weight", None), Tensor):
-            raise ValueError(f"layer {name!r} is not a module with a weight in this model; layers with "
-                             f"weights: {[n for n, m in modules.items() if isinstance(getattr(m, 'weight', None), Tensor)]}")
-        chosen[name] = module
-    return chosen
-
-
 def quantize_model_kmeans(model: nn.Module, bits: int | Mapping[str, int], layers: Iterable[str] | None = None,
                           **kmeans_kwargs: object) -> tuple[nn.Module, dict[str, Codebook]]:
     """A deep copy of ``model`` whose layer weights are replaced by their k-means reconstruction.
@@ -494,7 +471,7 @@ def quantize_model_kmeans(model: nn.Module, bits: int | Mapping[str, int], layer
     (computed by ``kmeans_quantize``; ``kmeans_kwargs`` are passed on). ``model`` is not modified.
     """
     quantized = copy.deepcopy(model)
-    chosen = _quantizable_layers(quantized, layers)
+    chosen = quantizable_layers(quantized, layers)
     if not chosen:
         raise ValueError("no layer to quantize: the model has no Conv/Linear layer and no `layers` were given")
     codebooks = {}
@@ -539,14 +516,6 @@ def _make_scheduler(name: str, opt: torch.optim.Optimizer, total_batches: int | 
         raise ValueError(f"schedule={name!r} needs the number of batches: give a loader with a length "
                          "(a DataLoader or a list) or set max_batches")
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_batches, 1))
-
-
-def _batches(loader: Iterable, epochs: int, max_batches: int | None) -> Iterable:
-    for _ in range(epochs):
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
-            yield batch
 
 
 def _total_batches(loader: Iterable, epochs: int, max_batches: int | None) -> int | None:
@@ -599,7 +568,7 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
     gradient_fn = centroid_gradients if gradient_fn is None else gradient_fn
     mean_fn = update_centroids_mean if mean_fn is None else mean_fn
     tuned = copy.deepcopy(model).train(update_bn)
-    modules = _quantizable_layers(tuned, codebooks.keys())
+    modules = quantizable_layers(tuned, codebooks.keys())
     for name, module in modules.items():
         _check_labels(codebooks[name].labels, module.weight.numel(), codebooks[name].centroids.numel())
     labels = {name: codebooks[name].labels.reshape(-1).clone() for name in modules}
@@ -611,7 +580,7 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
     for p in others:
         p.requires_grad_(train_others)
 
-    def write_back() -> None:
+    def write_back(*_: object) -> None:
         with torch.no_grad():
             for name, weight in weights.items():
                 weight.copy_(decode(Codebook(centroids[name], labels[name]), weight.shape))
@@ -619,31 +588,23 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
     write_back()
     trained = list(centroids.values()) if rule == "gradient" else list(weights.values())
     opt = _make_optimizer(optimizer, trained + (others if train_others else []), lr)
-    total = _total_batches(loader, epochs, max_batches)
-    scheduler = _make_scheduler(schedule, opt, total)
-    losses: list[float] = []
-    bar = tqdm(_batches(loader, epochs, max_batches), total=total,
-               desc=f"fine-tune codebooks ({rule})", disable=not progress, leave=False)
-    for inputs, targets in bar:
-        tuned.zero_grad(set_to_none=True)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(tuned(inputs), targets)
-        loss.backward()
-        if rule == "gradient":
+    scheduler = _make_scheduler(schedule, opt, _total_batches(loader, epochs, max_batches))
+
+    def centroid_grads(_: nn.Module) -> None:                 # Deep Compression: sum of member gradients
+        for name, weight in weights.items():
+            centroids[name].grad = gradient_fn(weight.grad, labels[name], centroids[name].numel()).to(torch.float32)
+
+    def centroid_means(*_: object) -> None:
+        with torch.no_grad():
             for name, weight in weights.items():
-                centroids[name].grad = gradient_fn(weight.grad, labels[name], centroids[name].numel()).to(torch.float32)
-            opt.step()
-        else:
-            opt.step()
-            with torch.no_grad():
-                for name, weight in weights.items():
-                    centroids[name] = mean_fn(weight, labels[name], centroids[name].numel(),
-                                              centroids[name]).to(torch.float32)
-        write_back()
-        if scheduler is not None:
-            scheduler.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                centroids[name] = mean_fn(weight, labels[name], centroids[name].numel(),
+                                          centroids[name]).to(torch.float32)
+
+    losses = train(tuned, loader, epochs, optimizer=opt, device="keep", progress=progress, max_batches=max_batches,
+                   scheduler=scheduler, loss_fn=loss_fn, mode="train" if update_bn else "eval",
+                   before_step=centroid_grads if rule == "gradient" else None,
+                   after_step=[write_back] if rule == "gradient" else [centroid_means, write_back],
+                   desc=f"fine-tune codebooks ({rule}), epoch")
     if not losses:
         raise ValueError("finetune_codebooks got an empty loader: no batch to train on")
     new_codebooks = {name: _sorted_codebook(centroids[name].detach(), labels[name]) for name in modules}

@@ -30,10 +30,14 @@ Conventions of this module (the course's contract):
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Union
 
 import torch
+
+from lowbit.quant import fakequant
+from lowbit.quant.validate import (check_bits, check_broadcast, check_float_tensor, checked_qparams,
+                                   quantized_range, scale_tensor, zero_point_tensor)
 
 __all__ = ["MIN_SCALE", "quantized_range", "storage_dtype", "linear_quantize", "linear_dequantize",
            "affine_qparams", "symmetric_qparams", "fake_quantize", "sqnr_db"]
@@ -45,30 +49,8 @@ ZeroPointLike = Union[int, torch.Tensor]
 #: Smallest scale ever returned by the qparams functions (smallest normal float32).
 MIN_SCALE: float = float(torch.finfo(torch.float32).tiny)
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
 
 # ----------------------------------------------------------------------------------------------- ranges
-def _check_bits(bits: object, low: int = 1, high: int = 32) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, Integral):
-        raise ValueError(f"bits must be an int between {low} and {high}, got {bits!r} ({type(bits).__name__})")
-    if not low <= int(bits) <= high:
-        raise ValueError(f"bits must be between {low} and {high}, got {bits}")
-    return int(bits)
-
-
-def quantized_range(bits: int, signed: bool = True) -> tuple[int, int]:
-    """The integer range ``(q_min, q_max)`` of ``bits``-bit integers (Python ints).
-
-    Signed: [-2^(b-1), 2^(b-1) - 1] (1-bit signed is [-1, 0]); unsigned: [0, 2^b - 1].
-    Raises ValueError unless ``bits`` is an int in 1..32.
-    """
-    bits = _check_bits(bits)
-    if signed:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2 ** bits - 1
-
-
 def storage_dtype(bits: int, signed: bool = True) -> torch.dtype:
     """Smallest torch integer dtype holding every ``bits``-bit (un)signed value (see module docstring)."""
     q_min, q_max = quantized_range(bits, signed)
@@ -79,82 +61,6 @@ def storage_dtype(bits: int, signed: bool = True) -> torch.dtype:
         if info.min <= q_min and q_max <= info.max:
             return dtype
     raise AssertionError("unreachable: int64 holds every range up to 32 bits")
-
-
-# ------------------------------------------------------------------------------------ argument checking
-def _check_float_tensor(r: object, name: str = "r") -> torch.Tensor:
-    if not isinstance(r, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(r).__name__}")
-    if r.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor (float32/float16/bfloat16), got {r.dtype}; "
-                        f"convert with {name}.float() first")
-    return r
-
-
-def _scale_tensor(scale: object) -> torch.Tensor:
-    """``scale`` as a float32 tensor, checked to be finite and > 0."""
-    if isinstance(scale, torch.Tensor):
-        if not (scale.is_floating_point()):
-            raise TypeError(f"scale must be a floating-point tensor or a float, got dtype {scale.dtype}")
-        s = scale.detach().to(torch.float32)
-    elif isinstance(scale, Real) and not isinstance(scale, bool):
-        s = torch.tensor(float(scale), dtype=torch.float32)
-    else:
-        raise TypeError(f"scale must be a positive float or a float tensor, got {type(scale).__name__}")
-    if s.numel() == 0:
-        raise ValueError("scale is an empty tensor")
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError(f"scale must be finite, got {scale!r}")
-    if not bool((s > 0).all()):
-        raise ValueError(f"scale must be > 0 everywhere, got min {float(s.min())} "
-                         "(a zero scale usually means the range was empty or constant: see affine_qparams)")
-    return s
-
-
-def _zero_point_tensor(zero_point: object) -> torch.Tensor:
-    """``zero_point`` as an int64 tensor; floats are accepted only when integral-valued."""
-    if isinstance(zero_point, torch.Tensor):
-        z = zero_point.detach()
-        if z.dtype == torch.bool:
-            raise TypeError("zero_point must be an integer, got a bool tensor")
-        if z.is_floating_point():
-            if not bool(torch.isfinite(z).all()) or not bool((z == torch.round(z)).all()):
-                raise ValueError(f"zero_point must hold integers, got {zero_point!r}")
-        return z.to(torch.int64)
-    if isinstance(zero_point, bool):
-        raise TypeError("zero_point must be an integer, got a bool")
-    if isinstance(zero_point, Integral):
-        return torch.tensor(int(zero_point), dtype=torch.int64)
-    if isinstance(zero_point, Real):
-        if not math.isfinite(zero_point) or float(zero_point) != round(zero_point):
-            raise ValueError(f"zero_point must be an integer, got {zero_point!r}")
-        return torch.tensor(int(zero_point), dtype=torch.int64)
-    raise TypeError(f"zero_point must be an int or an integer tensor, got {type(zero_point).__name__}")
-
-
-def _check_broadcast(param: torch.Tensor, shape: torch.Size, name: str) -> None:
-    try:
-        torch.broadcast_shapes(param.shape, shape)
-    except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(param.shape)} does not broadcast against the input of shape "
-                         f"{tuple(shape)}; for per-channel parameters keep the other dims as size 1") from None
-    if torch.broadcast_shapes(param.shape, shape) != shape:
-        raise ValueError(f"{name} of shape {tuple(param.shape)} would change the input's shape {tuple(shape)}")
-
-
-def _checked_qparams(shape: torch.Size, scale: ScaleLike, zero_point: ZeroPointLike, bits: int,
-                     signed: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Validated ``(float32 scale, int64 zero point, q_min, q_max)`` for quantizing a tensor of ``shape``:
-    scale finite and > 0, zero point integral and inside the range, both broadcasting to ``shape``."""
-    q_min, q_max = quantized_range(bits, signed)
-    s = _scale_tensor(scale)
-    z = _zero_point_tensor(zero_point)
-    _check_broadcast(s, shape, "scale")
-    _check_broadcast(z, shape, "zero_point")
-    if bool((z < q_min).any()) or bool((z > q_max).any()):
-        raise ValueError(f"zero_point must lie in the quantized range [{q_min}, {q_max}] for bits={bits}, "
-                         f"signed={signed}; got {zero_point!r}")
-    return s, z, q_min, q_max
 
 
 # -------------------------------------------------------------------------------------- quantize / back
@@ -171,13 +77,13 @@ def linear_quantize(r: torch.Tensor, scale: ScaleLike, zero_point: ZeroPointLike
     Returns:
         integer tensor of ``r``'s shape, dtype ``storage_dtype(bits, signed)`` (int8 / uint8 for 8 bits).
     """
-    r = _check_float_tensor(r)
-    s, z, q_min, q_max = _checked_qparams(r.shape, scale, zero_point, bits, signed)
+    r = check_float_tensor(r, "r")
+    s, z, q_min, q_max = checked_qparams(r.shape, scale, zero_point, bits, signed)
     if not bool(torch.isfinite(r).all()):
         raise ValueError("r contains NaN or infinity; quantization needs finite values")
-    rounded = torch.round(r.to(torch.float32) / s)            # float32 division, round half to even
-    q = rounded.to(torch.float64) + z.to(torch.float64)       # exact: |rounded| < 2^128, z < 2^32
-    return q.clamp_(q_min, q_max).to(storage_dtype(bits, signed))
+    # float32 division, round half to even; codes in float64 (exact: |rounded| < 2^128, z < 2^32)
+    q = fakequant.quantize(r, s, z, q_min, q_max, code_dtype=torch.float64)
+    return q.to(storage_dtype(bits, signed))
 
 
 def linear_dequantize(q: torch.Tensor, scale: ScaleLike, zero_point: ZeroPointLike) -> torch.Tensor:
@@ -195,13 +101,12 @@ def linear_dequantize(q: torch.Tensor, scale: ScaleLike, zero_point: ZeroPointLi
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
     if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         raise TypeError(f"q must be an integer tensor (the output of linear_quantize), got {q.dtype}")
-    s = _scale_tensor(scale)
-    z = _zero_point_tensor(zero_point)
-    _check_broadcast(s, q.shape, "scale")
-    _check_broadcast(z, q.shape, "zero_point")
-    centered = q.to(torch.int64) - z
+    s = scale_tensor(scale)
+    z = zero_point_tensor(zero_point)
+    check_broadcast(s, q.shape, "scale")
+    check_broadcast(z, q.shape, "zero_point")
     # float64 product of a float32 scale and an integer below 2^29 is exact; one rounding to float32.
-    return (centered.to(torch.float64) * s.to(torch.float64)).to(torch.float32)
+    return fakequant.dequantize(q.to(torch.int64), s, z)
 
 
 def fake_quantize(r: torch.Tensor, scale: ScaleLike, zero_point: ZeroPointLike, bits: int,
@@ -272,7 +177,7 @@ def symmetric_qparams(abs_max: Number | torch.Tensor, bits: int,
         abs_max: number >= 0 (→ float) or float tensor >= 0 (→ float32 tensor, elementwise).
         bits: 2..32 (1-bit restricted has no positive level; use binary quantization instead).
     """
-    bits = _check_bits(bits, low=2)
+    bits = check_bits(bits, low=2)
     value, is_tensor = _as_float32(abs_max, "abs_max")
     if not bool(torch.isfinite(value).all()):
         raise ValueError("abs_max must be finite")
@@ -291,8 +196,8 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     Returns +inf when x_hat == x exactly. Raises ValueError for empty or mismatched shapes, or an all-zero x
     with nonzero error (the ratio is undefined).
     """
-    x = _check_float_tensor(x, "x").detach()
-    x_hat = _check_float_tensor(x_hat, "x_hat").detach()
+    x = check_float_tensor(x, "x").detach()
+    x_hat = check_float_tensor(x_hat, "x_hat").detach()
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     if x.numel() == 0:

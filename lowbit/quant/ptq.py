@@ -16,141 +16,79 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lowbit.quant.calibration import OBSERVERS, Observer, _SampleObserver, make_observer
-from lowbit.quant.granularity import _as_groups, _from_groups, _symmetric_fake_quantize
-from lowbit.quant.linear import _check_bits, fake_quantize, linear_dequantize, linear_quantize, symmetric_qparams
+from lowbit.quant.calibration import OBSERVERS, Observer, SampleObserver, make_observer
+from lowbit.quant.granularity import CLIPS, GRANULARITIES, fake_quantize_weight, mse_symmetric_scale
+from lowbit.quant.linear import linear_dequantize, linear_quantize
+from lowbit.quant.modules import Policy, capture, image_batches, insert_after, quantizable_layers
+from lowbit.quant.quantizer import ObserverQuantizer
+from lowbit.quant.validate import check_bits
 
 __all__ = ["GRANULARITIES", "CLIPS", "mse_symmetric_scale", "fake_quantize_weight", "quantize_weights",
-           "map_weights", "collect_activations", "ActivationFakeQuant", "PTQModel", "RangeFunctionObserver", "ptq",
-           "static_ptq"]
-
-GRANULARITIES = ("tensor", "channel", "group")
-CLIPS = ("minmax", "mse")
+           "weight_policy", "map_weights", "collect_activations", "ActivationFakeQuant", "PTQModel",
+           "RangeFunctionObserver", "ptq", "static_ptq"]
 
 
-def mse_symmetric_scale(rows: torch.Tensor, bits: int, num_candidates: int = 100) -> torch.Tensor:
-    """Per-row symmetric scale α·max|row| / (2^(b-1) - 1) with α ∈ {k / num_candidates} minimizing the
-    row's fake-quant squared error. rows: float32 [R, L] → scales float32 [R, 1]. Ties go to the largest α.
-    Vectorized over candidates and rows (candidates in chunks to bound memory)."""
-    abs_max = rows.abs().amax(dim=1, keepdim=True)                            # [R, 1]
-    alphas = torch.arange(num_candidates, 0, -1, dtype=torch.float32) / num_candidates
-    chunk = max(1, 2 ** 24 // max(rows.numel(), 1))
-    errors = []
-    for part in alphas.split(chunk):
-        scales = symmetric_qparams(part.reshape(-1, 1, 1) * abs_max, bits)  # [A, R, 1]
-        errors.append((_symmetric_fake_quantize(rows, scales, bits) - rows).pow(2).sum(dim=2))   # [A, R]
-    best = torch.cat(errors).argmin(dim=0)                                   # [R]
-    return symmetric_qparams(alphas[best].reshape(-1, 1) * abs_max, bits)
+def weight_policy(bits: int | None, granularity: str = "channel", group_size: int = 32, clip: str = "minmax",
+                  policy: Policy | None = None) -> Policy:
+    """The policy ``quantize_weights`` applies: ``policy`` itself, or every quantizable layer at ``bits`` with
+    the given layout (``options``: ``group_size``, ``clip``)."""
+    return Policy.of(policy, w_bits=bits, granularity=granularity,
+                     options={"group_size": group_size, "clip": clip})
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int, granularity: str = "channel", group_size: int = 32,
-                         clip: str = "minmax") -> torch.Tensor:
-    """Symmetric restricted fake-quant of one weight tensor [out, ...] → float32 of the same shape.
-
-    granularity: "tensor" (one scale), "channel" (one per output channel, axis 0) or "group" (``group_size``
-    consecutive elements of each flattened output row, as ``fake_quantize_per_group``);
-    clip: "minmax" (scale from max|w|) or "mse" (``mse_symmetric_scale`` per scale group).
-    """
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if clip not in CLIPS:
-        raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
-    bits = _check_bits(bits, low=2)
-    w = weight.detach().to(torch.float32)
-    if granularity == "group":
-        groups, length = _as_groups(w, group_size)
-        rows = groups.reshape(-1, group_size)
-    else:
-        rows = w.reshape(1, -1) if granularity == "tensor" else w.reshape(w.shape[0], -1)
-    if clip == "mse":
-        scale = mse_symmetric_scale(rows, bits)
-    else:
-        scale = symmetric_qparams(rows.abs().amax(dim=1, keepdim=True), bits)
-    rows_hat = _symmetric_fake_quantize(rows, scale, bits)
-    if granularity == "group":
-        return _from_groups(rows_hat.reshape(groups.shape), length, w)
-    return rows_hat.reshape(w.shape)
-
-
-def quantize_weights(model: nn.Module, bits: int, granularity: str = "channel", group_size: int = 32,
-                     clip: str = "minmax") -> nn.Module:
-    """A deep copy of ``model`` with every Conv2d / Linear weight fake-quantized (``fake_quantize_weight``).
-    Biases, BatchNorm parameters and ``model`` itself are unchanged."""
+def quantize_weights(model: nn.Module, bits: int | None = 8, granularity: str = "channel", group_size: int = 32,
+                     clip: str = "minmax", policy: Policy | None = None) -> nn.Module:
+    """A deep copy of ``model`` with every quantizable layer's weight (``lowbit.quant.modules``) fake-quantized
+    by ``fake_quantize_weight`` — uniformly at ``bits`` / ``granularity`` / ``group_size`` / ``clip``, or per
+    layer as ``policy`` says (its ``options`` may set ``group_size`` and ``clip``; ``w_bits=None`` keeps a
+    layer float). Biases, BatchNorm parameters and ``model`` itself are unchanged."""
     quantized = copy.deepcopy(model)
+    configs = weight_policy(bits, granularity, group_size, clip, policy).resolve(quantized)
+    layers = quantizable_layers(quantized, list(configs))
     with torch.no_grad():
-        for module in quantized.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                module.weight.copy_(fake_quantize_weight(module.weight, bits, granularity, group_size, clip))
+        for name, config in configs.items():
+            if config.w_bits is None:
+                continue
+            weight = layers[name].weight
+            options = {"group_size": 32, "clip": "minmax", **config.options}
+            weight.copy_(fake_quantize_weight(weight, config.w_bits, config.granularity, options["group_size"],
+                                              options["clip"]))
     return quantized
 
 
-def map_weights(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
-    """A deep copy of ``model`` with every Conv2d / Linear weight replaced by ``fn(weight)`` (e.g. a
-    fake-quantizer built from the student's functions). ``fn`` gets a detached copy and must return a float
-    tensor of the same shape. ``model`` is not modified."""
+def map_weights(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor],
+                layers: Iterable[str] | None = None) -> nn.Module:
+    """A deep copy of ``model`` with every quantizable layer's weight (or those named in ``layers``) replaced
+    by ``fn(weight)`` (e.g. a fake-quantizer built from the student's functions). ``fn`` gets a detached copy
+    and must return a float tensor of the same shape. ``model`` is not modified."""
     mapped = copy.deepcopy(model)
     with torch.no_grad():
-        for name, module in mapped.named_modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                new = fn(module.weight.detach().clone())
-                if not isinstance(new, torch.Tensor) or new.shape != module.weight.shape:
-                    got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
-                    raise ValueError(f"map_weights: fn returned {got} for {name}.weight of shape "
-                                     f"{tuple(module.weight.shape)}; it must return a tensor of the same shape")
-                module.weight.copy_(new.to(module.weight.dtype))
+        for name, module in quantizable_layers(mapped, layers).items():
+            new = fn(module.weight.detach().clone())
+            if not isinstance(new, torch.Tensor) or new.shape != module.weight.shape:
+                got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                raise ValueError(f"map_weights: fn returned {got} for {name}.weight of shape "
+                                 f"{tuple(module.weight.shape)}; it must return a tensor of the same shape")
+            module.weight.copy_(new.to(module.weight.dtype))
     return mapped
 
 
-@torch.no_grad()
 def collect_activations(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """The input of every Conv2d / Linear layer over ``images`` [N, C, H, W]: name → float32 tensor
-    [N, ...] (e.g. ``"conv2"`` → [N, 32, 14, 14] for FashionCNN). Runs in eval mode; ``model`` is unchanged."""
+    """The input of every quantizable layer over ``images`` [N, C, H, W]: name → float32 tensor [N, ...]
+    (e.g. ``"conv2"`` → [N, 32, 14, 14] for FashionCNN). Runs in eval mode; ``model`` is unchanged.
+    (Inputs and outputs together: ``lowbit.quant.modules.capture``.)"""
     if not isinstance(images, torch.Tensor) or images.numel() == 0:
         raise ValueError("images must be a non-empty tensor [N, C, H, W]")
-    collected: dict[str, list[torch.Tensor]] = {}
-
-    def record(name: str):
-        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            collected.setdefault(name, []).append(inputs[0].detach().to(torch.float32).clone())
-        return hook
-
-    handles = [module.register_forward_pre_hook(record(name)) for name, module in model.named_modules()
-               if isinstance(module, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in images.split(batch_size):
-            model(batch)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return {name: torch.cat(parts) for name, parts in collected.items()}
+    return {name: seen.inputs for name, seen in capture(model, images, outputs=False, batch_size=batch_size).items()
+            if seen.inputs is not None}
 
 
-class ActivationFakeQuant(nn.Module):
-    """Observes its input while ``calibrating``; afterwards fake-quantizes it (unsigned affine, ``bits``)."""
+class ActivationFakeQuant(ObserverQuantizer):
+    """Observes its input while ``calibrating``; after ``freeze()`` fake-quantizes it (unsigned affine, ``bits``).
+    PTQ's activation quantizer: an ``ObserverQuantizer`` (``lowbit.quant.quantizer``)."""
 
     def __init__(self, observer: Observer, bits: int) -> None:
-        super().__init__()
-        self.observer, self.bits = observer, bits
-        self.calibrating = True
-        self.scale: float | None = None
-        self.zero_point: int | None = None
-
-    def freeze(self) -> None:
-        self.scale, self.zero_point = self.observer.qparams(self.bits, signed=False)
-        self.calibrating = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calibrating:
-            self.observer.update(x.detach())
-            return x
-        return fake_quantize(x, self.scale, self.zero_point, self.bits, signed=False).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        state = "calibrating" if self.calibrating else f"scale={self.scale:.4g}, zero_point={self.zero_point}"
-        return f"bits={self.bits}, observer={type(self.observer).__name__}, {state}"
+        super().__init__(observer, bits, signed=False)
 
 
 class PTQModel(nn.Module):
@@ -167,7 +105,7 @@ class PTQModel(nn.Module):
         return [m for m in self.modules() if isinstance(m, ActivationFakeQuant)]
 
 
-class RangeFunctionObserver(_SampleObserver):
+class RangeFunctionObserver(SampleObserver, register=False):
     """Keeps every observed value and returns ``range_fn(all values)`` — for calibrators written as plain
     functions x → (lo, hi) (e.g. a student's ``mse_clip_range`` with the bits fixed)."""
 
@@ -182,33 +120,11 @@ class RangeFunctionObserver(_SampleObserver):
         return float(lo), float(hi)
 
 
-def _insert_after_relus(model: nn.Module, make_quantizer) -> int:
-    """Replace every nn.ReLU child (at any depth) by nn.Sequential(ReLU, quantizer); returns the count."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(parent, name, nn.Sequential(child, make_quantizer()))
-                count += 1
-    return count
-
-
-def _image_batches(data: torch.Tensor | Iterable, batch_size: int = 256) -> list[torch.Tensor]:
-    if isinstance(data, torch.Tensor):
-        if data.numel() == 0:
-            raise ValueError("the calibration tensor is empty")
-        return list(data.split(batch_size))
-    batches = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in data]
-    if not batches:
-        raise ValueError("the calibration loader yielded no batches")
-    return batches
-
-
 @torch.no_grad()
 def ptq(model: nn.Module, calib: torch.Tensor | Iterable, w_bits: int | None = 8, a_bits: int | None = 8,
         observer: str | Callable[[], Observer] = "minmax", granularity: str = "channel", group_size: int = 32,
         clip: str = "minmax", max_batches: int | None = None, progress: bool = True,
-        weight_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PTQModel:
+        weight_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, policy: Policy | None = None) -> PTQModel:
     """Static post-training quantization → a fake-quant ``PTQModel`` (eval mode); ``model`` is untouched.
 
     Args:
@@ -220,6 +136,7 @@ def ptq(model: nn.Module, calib: torch.Tensor | Iterable, w_bits: int | None = 8
             activations, or a callable returning a fresh ``Observer``.
         granularity, group_size, clip: for the weights (``quantize_weights``).
         weight_fn: instead of those, a function weight → fake-quantized weight (``map_weights``).
+        policy: per-layer weight settings instead of ``w_bits`` / ``granularity`` / ... (``quantize_weights``).
         max_batches: use only the first calibration batches. progress: show a tqdm bar.
 
     Weights are fake-quantized first, so activation ranges are calibrated on the quantized-weight network.
@@ -230,18 +147,18 @@ def ptq(model: nn.Module, calib: torch.Tensor | Iterable, w_bits: int | None = 8
         raise ValueError(f"unknown observer {observer!r}; choose one of {', '.join(OBSERVERS)}")
     if weight_fn is not None:
         quantized = map_weights(model, weight_fn)
-    elif w_bits is not None:
-        quantized = quantize_weights(model, w_bits, granularity, group_size, clip)
+    elif w_bits is not None or policy is not None:
+        quantized = quantize_weights(model, w_bits, granularity, group_size, clip, policy)
     else:
         quantized = copy.deepcopy(model)
     if a_bits is None:
         return PTQModel(quantized, nn.Identity()).eval()
-    a_bits = _check_bits(a_bits, low=2, high=16)
+    a_bits = check_bits(a_bits, low=2, high=16, name="a_bits")
     new_observer = (lambda: make_observer(observer, a_bits)) if isinstance(observer, str) else observer
     make = lambda: ActivationFakeQuant(new_observer(), a_bits)   # noqa: E731
-    _insert_after_relus(quantized, make)
+    insert_after(quantized, nn.ReLU, make)
     wrapped = PTQModel(quantized, make()).eval()
-    batches = _image_batches(calib)[:max_batches]
+    batches = image_batches(calib)[:max_batches]
     label = observer if isinstance(observer, str) else "custom"
     for images in tqdm(batches, desc=f"calibrating ({label})", disable=not progress, leave=False):
         wrapped(images)
@@ -270,7 +187,7 @@ def static_ptq(model: nn.Module, calib_images: torch.Tensor, w_bits: int = 8, a_
     from lowbit.quant.granularity import per_channel_qparams
 
     scale_fn = weight_scale_fn or per_channel_qparams
-    w_bits = _check_bits(w_bits, low=2)
+    w_bits = check_bits(w_bits, low=2, name="w_bits")
 
     def weight_fn(w: torch.Tensor) -> torch.Tensor:
         scale = scale_fn(w, w_bits)

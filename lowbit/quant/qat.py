@@ -35,58 +35,34 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from lowbit.quant.linear import _check_bits, _check_float_tensor, _checked_qparams, quantized_range
+from lowbit.quant import fakequant
+from lowbit.quant.modules import (LayerConfig, Policy, QuantConv2d, QuantLinear, dequantized, insert_after,
+                                  quantized, replace_children, swap_modules)
+from lowbit.quant.quantizer import Quantizer
+from lowbit.quant.validate import (check_bits, check_choice, check_float_tensor, check_positive_tensor,
+                                   checked_qparams, quantized_range)
 
 __all__ = ["ste_round", "fake_quantize_ste", "lsq_fake_quantize", "lsq_init_step", "STEP_INITS", "pact_quantize",
            "LSQQuantizer", "PACTQuantizer", "QATConv2d", "QATLinear", "prepare_qat", "freeze_qat",
-           "qat_quantizers"]
+           "qat_quantizers", "alpha_penalty", "qat_policy"]
 
 # ------------------------------------------------------------------------------------------ checks
 def _check_float(x: object, name: str = "x") -> Tensor:
-    """``x`` if it is a non-empty floating-point tensor (``lowbit.quant.linear``'s dtype check), else raise."""
-    _check_float_tensor(x, name)
-    if x.numel() == 0:  # type: ignore[union-attr]
-        raise ValueError(f"{name} is empty: there is nothing to quantize")
-    return x  # type: ignore[return-value]
+    """``x`` if it is a non-empty floating-point tensor, else raise."""
+    return check_float_tensor(x, name, nonempty=True)
 
 
 def _check_positive(value: Tensor, name: str) -> None:
-    if value.numel() == 0 or not bool(torch.isfinite(value).all()) or not bool((value > 0).all()):
-        raise ValueError(f"{name} must be finite and > 0 everywhere, got {value.detach().reshape(-1)[:8].tolist()}"
-                         f"{' …' if value.numel() > 8 else ''}; a zero {name} would divide by zero (a constant or "
-                         "all-zero tensor has no range: initialise from data with a nonzero spread)")
+    check_positive_tensor(value, name)
 
 
 # ------------------------------------------------------------------------------------------ STE
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return grad
-
-
 def ste_round(x: Tensor) -> Tensor:
     """``torch.round(x)`` (half to even) forward; gradient passed through unchanged (straight-through).
 
     ``x``: floating tensor of any shape; returns the same shape and dtype.
     """
-    return _RoundSTE.apply(_check_float(x))
-
-
-class _FakeQuantizeSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, q_min: int, q_max: int) -> Tensor:  # type: ignore[override]
-        codes = torch.round(x / scale) + zero_point
-        ctx.save_for_backward((codes >= q_min) & (codes <= q_max))
-        return (codes.clamp(q_min, q_max) - zero_point) * scale
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None
+    return fakequant.ste_round(_check_float(x))
 
 
 def fake_quantize_ste(x: Tensor, scale: float | Tensor, zero_point: int | Tensor, bits: int,
@@ -99,11 +75,12 @@ def fake_quantize_ste(x: Tensor, scale: float | Tensor, zero_point: int | Tensor
     (integer-valued) are numbers or tensors broadcasting against ``x`` (per-channel: shape ``[C, 1, ..., 1]``).
     Returns float32 of ``x``'s shape. Matches ``torch.fake_quantize_per_tensor_affine`` /
     ``per_channel_affine`` (which multiply by ``1 / S``: equal whenever ``S`` is a power of two).
+    (``lowbit.quant.fakequant.fake_quantize(..., gradient="clipped_ste")`` with the arguments validated.)
     """
     _check_float(x)
-    scale_t, zero_t, q_min, q_max = _checked_qparams(x.shape, scale, zero_point, bits, signed)
-    return _FakeQuantizeSTE.apply(x.to(torch.float32), scale_t.to(x.device), zero_t.to(x.device, torch.float32),
-                                  q_min, q_max)
+    scale_t, zero_t, q_min, q_max = checked_qparams(x.shape, scale, zero_point, bits, signed)
+    return fakequant.fake_quantize(x, scale_t.to(x.device), zero_t.to(x.device, torch.float32), q_min, q_max,
+                                   gradient="clipped_ste")
 
 
 # ------------------------------------------------------------------------------------------ LSQ
@@ -115,11 +92,12 @@ class _LSQ(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, q_min: int, q_max: int, grad_scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, step: Tensor, q_min: int, q_max: int, grad_scale: float,  # type: ignore[override]
+                rounding: fakequant.Rounding) -> Tensor:
         v = x / step
         ctx.save_for_backward(v, step)
         ctx.q_min, ctx.q_max, ctx.grad_scale = q_min, q_max, grad_scale
-        return v.clamp(q_min, q_max).round_().mul_(step)
+        return fakequant.round_values(v, rounding).clamp_(q_min, q_max).mul_(step)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -130,7 +108,7 @@ class _LSQ(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             per_value = v.clamp(ctx.q_min, ctx.q_max).round_().sub_(v * inside)
             grad_step = (grad * per_value).sum_to_size(step.shape).mul_(ctx.grad_scale)
-        return grad_x, grad_step, None, None, None
+        return grad_x, grad_step, None, None, None, None
 
 
 def _lsq_q_max(bits: object, signed: bool) -> tuple[int, int]:
@@ -155,8 +133,7 @@ def lsq_init_step(x: Tensor, bits: int, signed: bool = True, dim: int | None = N
     weight with ``dim=0``). An all-zero slice raises.
     """
     _check_float(x)
-    if init not in STEP_INITS:
-        raise ValueError(f"init must be one of {STEP_INITS}, got {init!r}")
+    check_choice("init", init, STEP_INITS)
     _, q_max = _lsq_q_max(bits, signed)
     magnitude = x.detach().abs().to(torch.float32)
     reduce = None if dim is None else [d for d in range(x.ndim) if d != dim % x.ndim]
@@ -171,7 +148,7 @@ def lsq_init_step(x: Tensor, bits: int, signed: bool = True, dim: int | None = N
 
 
 def lsq_fake_quantize(x: Tensor, step: Tensor, bits: int, signed: bool = True,
-                      grad_scale: float | None = None) -> Tensor:
+                      grad_scale: float | None = None, rounding: fakequant.Rounding = "nearest") -> Tensor:
     """LSQ fake quantization ``round(clip(x / s, -Q_N, Q_P)) · s`` with a learnable step ``s``.
 
     ``x``: floating tensor; ``step``: positive float tensor broadcasting against ``x`` (0-d for per-tensor,
@@ -186,7 +163,7 @@ def lsq_fake_quantize(x: Tensor, step: Tensor, bits: int, signed: bool = True,
     q_min, q_max = _lsq_q_max(bits, signed)
     if grad_scale is None:
         grad_scale = 1.0 / math.sqrt(x.numel() / step.numel() * q_max)
-    return _LSQ.apply(x, step, q_min, q_max, float(grad_scale))
+    return _LSQ.apply(x, step, q_min, q_max, float(grad_scale), rounding)
 
 
 # ------------------------------------------------------------------------------------------ PACT
@@ -199,46 +176,72 @@ def pact_quantize(x: Tensor, alpha: Tensor, bits: int) -> Tensor:
     """
     _check_float(x)
     _check_float(alpha, "alpha")
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     _check_positive(alpha.detach(), "alpha")
     clipped = torch.relu(x) - torch.relu(x - alpha)    # = clamp(x, 0, α), with ∂/∂α = 1[x > α]
     levels = 2**bits - 1
     step = alpha.detach() / levels
-    quantized = torch.round(clipped.detach() / step) * step
+    quantized = fakequant.fake_quantize(clipped.detach(), step, 0, 0, levels).to(clipped.dtype)
     return clipped + (quantized - clipped).detach()
 
 
 # ------------------------------------------------------------------------------------------ modules
-class LSQQuantizer(nn.Module):
+class LSQQuantizer(Quantizer):
     """A tensor quantizer with a learned step (LSQ). ``forward(x)`` → ``lsq_fake_quantize(x, step, …)``.
 
-    ``channel_dim=None``: one step; ``channel_dim=d``: a step per index of dimension ``d`` (per-channel
-    weights: ``d = 0``). The step is initialised from the first tensor it sees (``lsq_init_step`` with
-    ``init``) and is
-    an ``nn.Parameter`` from then on. Used as the weight quantizer of a ``QATConv2d``/``QATLinear`` or after a ReLU
-    (``signed=False``).
+    ``channel_dim=None``: one step (shape ``[]``); ``channel_dim=d``: a step per index of dimension ``d``
+    (per-channel weights: ``d = 0``), shaped to broadcast against the tensor. The ``step`` parameter is created
+    with its final shape — at construction when ``example`` (the tensor it will quantize, e.g. the layer's
+    weight) is given or the step is per tensor, else by ``prepare(example)`` — and is never replaced: its
+    value is initialised (``lsq_init_step`` with ``init``) from ``example`` or, failing that, in place from the
+    first tensor ``forward`` sees. An optimizer built after construction (after ``prepare`` for a per-channel
+    step without example) therefore trains it. Used as the weight quantizer of a ``QATConv2d``/``QATLinear`` or
+    after a ReLU (``signed=False``).
     """
 
-    def __init__(self, bits: int, signed: bool = True, channel_dim: int | None = None, init: str = "lsq") -> None:
-        super().__init__()
+    def __init__(self, bits: int, signed: bool = True, channel_dim: int | None = None, init: str = "lsq",
+                 example: Tensor | None = None, rounding: fakequant.Rounding = "nearest") -> None:
         _lsq_q_max(bits, signed)
-        if init not in STEP_INITS:
-            raise ValueError(f"init must be one of {STEP_INITS}, got {init!r}")
-        self.bits, self.signed, self.channel_dim, self.init = int(bits), signed, channel_dim, init
-        self.step = nn.Parameter(torch.ones(()))
+        check_choice("init", init, STEP_INITS)
+        super().__init__(bits, signed)
+        self.channel_dim, self.init, self.rounding = channel_dim, init, rounding
+        self.step = nn.Parameter(torch.ones(())) if channel_dim is None else None
         self.register_buffer("initialized", torch.tensor(False))
+        if example is not None:
+            self.prepare(example)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _step_shape(self, example: Tensor) -> tuple[int, ...]:
+        if self.channel_dim is None:
+            return ()
+        dim = self.channel_dim % example.ndim
+        return tuple(size if d == dim else 1 for d, size in enumerate(example.shape))
+
+    def prepare(self, example: Tensor) -> "LSQQuantizer":
+        """Create the step with its final shape (if not yet created) and initialise it from ``example``."""
+        with torch.no_grad():
+            step = lsq_init_step(example, self.bits, self.signed, self.channel_dim, self.init).to(example.device)
+            if self.step is None:
+                self.step = nn.Parameter(step)
+            elif tuple(self.step.shape) != tuple(step.shape):
+                raise ValueError(f"LSQQuantizer's step has shape {tuple(self.step.shape)} but this example needs "
+                                 f"{tuple(step.shape)}; build one quantizer per tensor shape")
+            else:
+                self.step.copy_(step)
+            self.initialized.fill_(True)
+        return self
+
+    def quantize(self, x: Tensor) -> Tensor:
+        if self.step is None:
+            raise RuntimeError("a per-channel LSQQuantizer needs its step shape before the first forward pass: "
+                               "pass example= (the tensor it quantizes) or call prepare(example) first, then build "
+                               "the optimizer")
         if not bool(self.initialized):
-            with torch.no_grad():
-                step = lsq_init_step(x, self.bits, self.signed, self.channel_dim, self.init)
-                self.step = nn.Parameter(step.to(x.device))
-                self.initialized.fill_(True)
-        return lsq_fake_quantize(x, self.step, self.bits, self.signed)
+            self.prepare(x)                                   # in place: the Parameter object stays the same
+        return lsq_fake_quantize(x, self.step, self.bits, self.signed, rounding=self.rounding)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # a saved step may be per-channel
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # a saved per-channel step, not prepared
         key = prefix + "step"
-        if key in state_dict and state_dict[key].shape != self.step.shape:
+        if key in state_dict and self.step is None:
             self.step = nn.Parameter(torch.empty_like(state_dict[key]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -247,123 +250,96 @@ class LSQQuantizer(nn.Module):
         return f"bits={self.bits}, signed={self.signed}, {where}, init={self.init}, initialized={bool(self.initialized)}"
 
 
-class PACTQuantizer(nn.Module):
+class PACTQuantizer(Quantizer):
     """ReLU + quantization with a learned clipping level ``alpha`` (PACT). ``forward(x)`` → ``pact_quantize``.
 
-    ``alpha`` starts at ``init_alpha`` (the paper uses 10 and an L2 penalty on α; a value near the
-    activations' high percentile trains faster). Replaces a ReLU: negative inputs become 0.
+    ``alpha`` (a 0-d parameter, created here) starts at ``init_alpha`` (the paper uses 10 and an L2 penalty on
+    α — ``alpha_penalty`` — given to ``lowbit.train.train(extra_loss=...)``; a value near the activations' high
+    percentile trains faster). Replaces a ReLU: negative inputs become 0.
     """
 
     def __init__(self, bits: int, init_alpha: float = 6.0) -> None:
-        super().__init__()
         if not init_alpha > 0:
             raise ValueError(f"init_alpha must be > 0, got {init_alpha!r}")
-        self.bits = _check_bits(bits)
+        super().__init__(bits, signed=False)
         self.alpha = nn.Parameter(torch.tensor(float(init_alpha)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def quantize(self, x: Tensor) -> Tensor:
         return pact_quantize(x, self.alpha, self.bits)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, alpha={float(self.alpha):.4g}"
 
 
+def alpha_penalty(model: nn.Module, weight: float = 1e-4) -> Tensor:
+    """PACT's L2 regularizer ``weight · Σ α²`` over every ``PACTQuantizer`` of ``model`` (0-d tensor)."""
+    alphas = [m.alpha for m in model.modules() if isinstance(m, PACTQuantizer)]
+    if not alphas:
+        return torch.zeros(())
+    return weight * torch.stack([a.pow(2) for a in alphas]).sum()
+
+
 ACTIVATION_METHODS = ("lsq", "pact")
 
 
-class QATConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose forward pass uses ``weight_quantizer(weight)``; ``weight`` stays the float latent
-    weight the optimizer updates (as in ``torch.ao.nn.qat.Conv2d``)."""
-
-    weight_quantizer: nn.Module
-
-    def quantized_weight(self) -> Tensor:
-        return self.weight_quantizer(self.weight)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+#: The QAT layers are the package's one quantized-module wrapper (``lowbit.quant.modules``).
+QATConv2d = QuantConv2d
+QATLinear = QuantLinear
 
 
-class QATLinear(nn.Linear):
-    """``nn.Linear`` whose forward pass uses ``weight_quantizer(weight)`` (see ``QATConv2d``)."""
-
-    weight_quantizer: nn.Module
-
-    def quantized_weight(self) -> Tensor:
-        return self.weight_quantizer(self.weight)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, self.quantized_weight(), self.bias)
-
-
-_QAT_CLASSES = {nn.Conv2d: QATConv2d, nn.Linear: QATLinear}
-_FLOAT_CLASSES = {qat_class: float_class for float_class, qat_class in _QAT_CLASSES.items()}
-
-
-def _swap_class(module: nn.Module, new_class: type) -> nn.Module:
-    """A copy of ``module`` as ``new_class`` (same parameters, buffers and settings; no hooks copied)."""
-    swapped = new_class.__new__(new_class)
-    swapped.__dict__ = copy.copy(module.__dict__)
-    for store in ("_parameters", "_buffers", "_modules"):
-        swapped.__dict__[store] = dict(module.__dict__[store])
-    return swapped
-
-
-def _replace_children(model: nn.Module, make: Callable[[str, nn.Module], nn.Module | None]) -> None:
-    """Replace every module (at any depth) for which ``make(name, module)`` returns a new module."""
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            full = f"{parent_name}.{name}" if parent_name else name
-            replacement = make(full, child)
-            if replacement is not None:
-                setattr(parent, name, replacement)
-
-
-def _weight_layers(model: nn.Module, keep_float: Iterable[str]) -> dict[str, nn.Module]:
-    """Conv2d/Linear modules by name, except those in ``keep_float`` (which must all exist)."""
-    keep = set(keep_float)
-    modules = dict(model.named_modules())
-    unknown = keep - set(modules)
-    if unknown:
-        raise ValueError(f"keep_float names {sorted(unknown)}, which are not modules of this model; "
-                         f"layers with weights: {[n for n, m in modules.items() if type(m) in _QAT_CLASSES]}")
-    return {name: m for name, m in modules.items() if type(m) in _QAT_CLASSES and name not in keep}
+def qat_policy(w_bits: int | None = 4, a_bits: int | None = 8, activation: str = "lsq",
+               keep_float: Iterable[str] = (), policy: Policy | None = None) -> Policy:
+    """The layer policy ``prepare_qat`` applies: ``policy`` itself, or every quantizable layer except
+    ``keep_float`` at ``w_bits`` (method ``"lsq"``, per channel)."""
+    if policy is not None:
+        return policy
+    return Policy({"w_bits": w_bits, "a_bits": a_bits, "method": "lsq", "granularity": "channel"},
+                  exclude=keep_float, exclude_label="keep_float")
 
 
 def prepare_qat(model: nn.Module, w_bits: int | None = 4, a_bits: int | None = 8, activation: str = "lsq",
                 keep_float: Iterable[str] = (), pact_alpha: float = 6.0, weight_init: str = "minmax",
-                activation_init: str = "lsq") -> nn.Module:
+                activation_init: str = "lsq", policy: Policy | None = None) -> nn.Module:
     """A QAT copy of ``model``: quantized weights (per-channel LSQ) and activations after every ReLU.
 
-    ``w_bits``: bits of every Conv2d/Linear weight except the layers named in ``keep_float`` (None: weights
-    stay float); those layers become ``QATConv2d`` / ``QATLinear`` with a per-output-channel
-    ``LSQQuantizer`` whose step starts at ``weight_init`` (default ``"minmax"``: the float model's accuracy
-    is kept at 8 bits before training). ``a_bits``: bits of every ReLU output (None: activations stay float), quantized by an
+    ``w_bits``: bits of every quantizable weight (``lowbit.quant.modules.quantizable_layers``) except the
+    layers named in ``keep_float`` (None: weights stay float); those layers become ``QATConv2d`` /
+    ``QATLinear`` with a per-output-channel ``LSQQuantizer`` whose step starts at ``weight_init`` (default
+    ``"minmax"``: the float model's accuracy is kept at 8 bits before training). ``policy`` (a
+    ``lowbit.quant.modules.Policy``) sets the weight bits per layer instead (``w_bits=None`` in a rule keeps a
+    layer float). ``a_bits``: bits of every ReLU output (None: activations stay float), quantized by an
     unsigned per-tensor ``LSQQuantizer`` after the ReLU (``activation="lsq"``, step from ``activation_init``,
-    the paper's by default) or by a ``PACTQuantizer`` that
-    replaces the ReLU (``"pact"``). Steps are initialised lazily: run one batch (``model(x)``) before
-    building the optimizer so it sees the final parameters. ``model`` is not modified.
+    the paper's by default) or by a ``PACTQuantizer`` that replaces the ReLU (``"pact"``). Every quantizer
+    parameter exists with its final shape when this returns (weight steps already initialised from the
+    weights; activation steps take their value, in place, from the first batch), so an optimizer built right
+    away — ``lowbit.train.train(qat, loader)`` — trains them. ``model`` is not modified.
     """
-    if activation not in ACTIVATION_METHODS:
-        raise ValueError(f"activation must be one of {ACTIVATION_METHODS}, got {activation!r}")
+    check_choice("activation", activation, ACTIVATION_METHODS)
     for name, init in (("weight_init", weight_init), ("activation_init", activation_init)):
-        if init not in STEP_INITS:
-            raise ValueError(f"{name} must be one of {STEP_INITS}, got {init!r}")
-    qat = copy.deepcopy(model)
-    layers = set(_weight_layers(qat, keep_float)) if w_bits is not None else set()
+        check_choice(name, init, STEP_INITS)
 
-    def quantized(name: str, child: nn.Module) -> nn.Module | None:
-        if name in layers:
-            swapped = _swap_class(child, _QAT_CLASSES[type(child)])
-            swapped.weight_quantizer = LSQQuantizer(w_bits, signed=True, channel_dim=0, init=weight_init)
-            return swapped
-        if a_bits is not None and isinstance(child, nn.ReLU):
-            return (PACTQuantizer(a_bits, pact_alpha) if activation == "pact"
-                    else nn.Sequential(child, LSQQuantizer(a_bits, signed=False, init=activation_init)))
-        return None
+    def weight_quantized(_: str, layer: nn.Module, config: LayerConfig) -> nn.Module | None:
+        if config.w_bits is None:
+            return None
+        return quantized(layer, LSQQuantizer(config.w_bits, signed=True, channel_dim=0, init=weight_init,
+                                             example=layer.weight))
 
-    _replace_children(qat, quantized)
+    chosen = qat_policy(w_bits, a_bits, activation, keep_float, policy)
+    qat = swap_modules(model, chosen, weight_quantized) if w_bits is not None or policy is not None \
+        else _checked_copy(model, chosen)
+    if a_bits is not None:
+        if activation == "pact":
+            replace_children(qat, lambda _, child: PACTQuantizer(a_bits, pact_alpha)
+                             if isinstance(child, nn.ReLU) else None)
+        else:
+            insert_after(qat, nn.ReLU, lambda: LSQQuantizer(a_bits, signed=False, init=activation_init))
     return qat
+
+
+def _checked_copy(model: nn.Module, policy: Policy) -> nn.Module:
+    """A copy of ``model`` after checking the policy's names against it (weights stay float)."""
+    policy.resolve(model)
+    return copy.deepcopy(model)
 
 
 def qat_quantizers(model: nn.Module) -> list[nn.Module]:
@@ -377,16 +353,5 @@ def freeze_qat(model: nn.Module) -> nn.Module:
     Activation quantizers stay (they are part of the quantized model's forward pass). ``model`` is not modified.
     """
     frozen = copy.deepcopy(model)
-
-    def plain(_: str, child: nn.Module) -> nn.Module | None:
-        if type(child) not in _FLOAT_CLASSES:
-            return None
-        with torch.no_grad():
-            weight = child.quantized_weight().detach().clone()
-        swapped = _swap_class(child, _FLOAT_CLASSES[type(child)])
-        del swapped._modules["weight_quantizer"]
-        swapped.weight = nn.Parameter(weight)
-        return swapped
-
-    _replace_children(frozen, plain)
+    replace_children(frozen, lambda _, child: dequantized(child) if hasattr(child, "quantized_weight") else None)
     return frozen

@@ -24,7 +24,7 @@ from tqdm import tqdm
 import lowbit
 from _results import write_section
 from lowbit.models import model_size_bits
-from lowbit.quant.kmeans import Codebook, compressed_bits, finetune_codebooks, quantize_model_kmeans
+from lowbit.quant.kmeans import Codebook, finetune_codebooks, model_bits, quantize_model_kmeans
 from lowbit.train import evaluate
 
 BITS = (8, 4, 3, 2)
@@ -34,9 +34,7 @@ GOALS = {8: ("k-means", 0.2), 4: ("gradient", 0.5), 2: ("gradient", 2.0)}  # bit
 
 
 def quantize(model: nn.Module, bits: int, keep_float: Iterable[str]) -> tuple[nn.Module, dict[str, Codebook]]:
-    layers = [name for name, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and name not in set(keep_float)]
-    return quantize_model_kmeans(model, bits, layers=layers, method="lloyd", iters=100, init="linear")
+    return quantize_model_kmeans(model, bits, exclude=keep_float, method="lloyd", iters=100, init="linear")
 
 
 def finetune(quantized: nn.Module, codebooks: dict[str, Codebook], rule: str) -> nn.Module:
@@ -47,9 +45,7 @@ def finetune(quantized: nn.Module, codebooks: dict[str, Codebook], rule: str) ->
 
 def size_ratio(model: nn.Module, codebooks: dict[str, Codebook], bits: int) -> float:
     """FP32 size over k-means size: ``bits`` per quantized weight, an fp32 codebook per layer, 32 bits otherwise."""
-    indices_and_floats = model_size_bits(model, {f"{name}.weight": bits for name in codebooks})
-    size = indices_and_floats + len(codebooks) * compressed_bits(0, bits)   # compressed_bits(0, b): the codebook
-    return model_size_bits(model) / size
+    return model_size_bits(model) / model_bits(model, codebooks, bits)
 
 
 def table(evaluators: dict[str, Callable[[nn.Module], float]]) -> list[dict[str, object]]:

@@ -7,6 +7,7 @@ Submodules (imported lazily, so ``import lowbit`` stays fast):
 - ``lowbit.train``    ``train()``, ``evaluate()`` and the ``python -m lowbit.train`` recipe.
 - ``lowbit.quant``    one module per quantization idea (reference implementations).
 - ``lowbit.viz``      ipywidgets explorers that take the student's functions.
+- ``lowbit.results``  results tables (rows → Markdown / aligned text, "vs FP32" and size columns).
 
 ``lowbit.GRADING`` is true while nbgrader (or the lowbit autograder) executes a notebook;
 labs use it to shrink heavy experiments.
@@ -19,9 +20,9 @@ from typing import Any
 from lowbit.utils import GRADING, device, seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["GRADING", "device", "seed_everything", "data", "models", "train", "quant", "viz"]
+__all__ = ["GRADING", "device", "seed_everything", "data", "models", "train", "quant", "viz", "results"]
 
-_SUBMODULES = {"data", "models", "train", "quant", "viz"}
+_SUBMODULES = {"data", "models", "train", "quant", "viz", "results"}
 
 
 def __getattr__(name: str) -> Any:

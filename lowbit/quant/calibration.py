@@ -24,9 +24,18 @@ from lowbit.quant import fakequant
 from lowbit.quant.linear import affine_qparams, quantized_range
 from lowbit.quant.validate import check_bits, check_data
 
-__all__ = ["minmax", "ema_minmax", "percentile_range", "mse_clip_range", "abs_histogram", "kl_clip_threshold",
+__all__ = ["strided_subsample",
+           "minmax", "ema_minmax", "percentile_range", "mse_clip_range", "abs_histogram", "kl_clip_threshold",
            "Observer", "MinMaxObserver", "EMAMinMaxObserver", "PercentileObserver", "MSEObserver", "KLObserver",
            "SampleObserver", "OBSERVERS", "make_observer", "register_observer"]
+
+
+def strided_subsample(x: torch.Tensor, max_elements: int) -> torch.Tensor:
+    """``x`` flattened, or an evenly strided subsample of at most ``max_elements`` of it (deterministic)."""
+    flat = x.reshape(-1)
+    if flat.numel() > max_elements:
+        flat = flat[:: -(-flat.numel() // max_elements)]
+    return flat
 
 
 def minmax(x: torch.Tensor) -> tuple[float, float]:
@@ -100,8 +109,7 @@ def mse_clip_range(x: torch.Tensor, bits: int, num_candidates: int = 100,
     bits = check_bits(bits)
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
         raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
-    if x.numel() > max_elements:
-        x = x[:: -(-x.numel() // max_elements)]
+    x = strided_subsample(x, max_elements)
     lo, hi = torch.aminmax(x)
     alphas = torch.arange(num_candidates, 0, -1, dtype=torch.float32) / num_candidates   # 1.0 first
     chunk = max(1, 2 ** 24 // x.numel())
@@ -295,10 +303,7 @@ class SampleObserver(Observer):
         self.samples: list[torch.Tensor] = []
 
     def _update(self, x: torch.Tensor) -> None:
-        flat = x.reshape(-1)
-        if flat.numel() > self.max_per_batch:
-            flat = flat[:: -(-flat.numel() // self.max_per_batch)]
-        self.samples.append(flat.clone())
+        self.samples.append(strided_subsample(x, self.max_per_batch).clone())
 
     def values(self) -> torch.Tensor:
         return torch.cat(self.samples)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lowbit.quant.modules import quantizable_layers
+from lowbit.quant.modules import Policy, quantizable_layers
 from lowbit.train import train
 from lowbit.quant.validate import check_bits, check_choice, check_float_tensor, check_int
 
@@ -46,7 +46,7 @@ __all__ = [
     "assign", "sse", "update_centroids_mean", "centroid_gradients",
     "kmeans_1d", "kmeans_1d_fast", "kmeans_1d_optimal",
     "kmeans_quantize", "decode", "compressed_bits",
-    "quantize_model_kmeans", "finetune_codebooks", "FinetuneResult",
+    "kmeans_policy", "quantize_model_kmeans", "model_bits", "finetune_codebooks", "FinetuneResult",
 ]
 
 INITS = ("linear", "random", "kmeans++")
@@ -461,29 +461,62 @@ def compressed_bits(numel: int, bits: int, codebook_bits: int = 32) -> int:
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
+def kmeans_policy(bits: int | Mapping[str, int], layers: Iterable[str] | None = None,
+                  exclude: Iterable[str] = ()) -> Policy:
+    """The layer policy of ``quantize_model_kmeans``: the named ``layers`` (default every quantizable layer)
+    minus ``exclude``, at ``bits`` (one int, or a mapping layer name → bits)."""
+    if isinstance(bits, Mapping):
+        return Policy({"w_bits": None, "method": "kmeans"}, rules=[(name, {"w_bits": b}) for name, b in bits.items()],
+                      include=layers, exclude=exclude)
+    return Policy({"w_bits": bits, "method": "kmeans"}, include=layers, exclude=exclude)
+
+
 def quantize_model_kmeans(model: nn.Module, bits: int | Mapping[str, int], layers: Iterable[str] | None = None,
+                          exclude: Iterable[str] = (), quantize_fn: Callable[..., Codebook] | None = None,
+                          decode_fn: Callable[[Codebook, torch.Size], Tensor] | None = None,
                           **kmeans_kwargs: object) -> tuple[nn.Module, dict[str, Codebook]]:
     """A deep copy of ``model`` whose layer weights are replaced by their k-means reconstruction.
 
-    ``layers``: module names (e.g. ``["conv1", "fc"]``); default: every Conv1d/Conv2d/Linear. ``bits``: one
-    int for all, or a mapping module name → bits (every chosen layer must appear). Biases and BatchNorm stay
-    float. Returns ``(copy, codebooks)`` with ``codebooks[module_name]`` the ``Codebook`` of its weight
-    (computed by ``kmeans_quantize``; ``kmeans_kwargs`` are passed on). ``model`` is not modified.
+    ``layers``: module names (e.g. ``["conv1", "fc"]``); default: every quantizable layer
+    (``lowbit.quant.modules.quantizable_layers``), minus ``exclude``. ``bits``: one int for all, or a
+    mapping module name → bits (every chosen layer must appear). Biases and BatchNorm stay float. Returns
+    ``(copy, codebooks)`` with ``codebooks[module_name]`` the ``Codebook`` of its weight, computed by
+    ``quantize_fn(weight, bits, **kmeans_kwargs)`` (default ``kmeans_quantize``; Lab 2 passes the student's)
+    and decoded by ``decode_fn`` (default ``decode``). ``model`` is not modified.
     """
+    quantize_fn = kmeans_quantize if quantize_fn is None else quantize_fn
+    decode_fn = decode if decode_fn is None else decode_fn
     quantized = copy.deepcopy(model)
-    chosen = quantizable_layers(quantized, layers)
-    if not chosen:
+    configs = kmeans_policy(bits, layers, exclude).resolve(quantized)
+    if not configs:
         raise ValueError("no layer to quantize: the model has no Conv/Linear layer and no `layers` were given")
+    missing = [name for name, config in configs.items() if config.w_bits is None]
+    if missing:
+        raise ValueError(f"bits has no entry for layer {missing[0]!r}; give one per layer or a single int")
+    modules = quantizable_layers(quantized, list(configs))
     codebooks = {}
-    for name, module in chosen.items():
-        layer_bits = bits[name] if isinstance(bits, Mapping) and name in bits else bits
-        if isinstance(layer_bits, Mapping):
-            raise ValueError(f"bits has no entry for layer {name!r}; give one per layer or a single int")
-        codebook = kmeans_quantize(module.weight, layer_bits, **kmeans_kwargs)  # type: ignore[arg-type]
+    for name, config in configs.items():
+        module = modules[name]
+        codebook = quantize_fn(module.weight.detach(), config.w_bits, **kmeans_kwargs)
         with torch.no_grad():
-            module.weight.copy_(decode(codebook, module.weight.shape))
+            module.weight.copy_(decode_fn(codebook, module.weight.shape))
         codebooks[name] = codebook
     return quantized, codebooks
+
+
+def model_bits(model: nn.Module, codebooks: Mapping[str, Codebook], bits: int | Mapping[str, int],
+               compressed_bits_fn: Callable[[int, int], int] | None = None) -> int:
+    """Storage of a k-means-quantized model in bits: each layer in ``codebooks`` costs
+    ``compressed_bits_fn(numel, bits)`` (default ``compressed_bits``: indices plus an fp32 codebook), every other
+    parameter 32 bits (``lowbit.models.model_size_bits``). ``bits``: one int or a mapping layer name → bits."""
+    from lowbit.models import model_size_bits
+
+    size_fn = compressed_bits if compressed_bits_fn is None else compressed_bits_fn
+    modules = quantizable_layers(model, list(codebooks))
+    quantized_numel = sum(modules[name].weight.numel() for name in codebooks)
+    layer_bits = {name: bits[name] if isinstance(bits, Mapping) else bits for name in codebooks}
+    return (model_size_bits(model) - 32 * quantized_numel
+            + sum(size_fn(modules[name].weight.numel(), layer_bits[name]) for name in codebooks))
 
 
 class FinetuneResult(NamedTuple):
@@ -551,8 +584,10 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Codebook], load
     ``update_bn=False`` (eval mode: BatchNorm statistics and dropout frozen) to measure what the centroids
     alone bring. ``schedule="cosine"`` decays the learning rate from ``lr`` to 0 over all batches (cosine
     annealing, Loshchilov & Hutter 2017; the loader must have a length) so the last steps are small and the
-    result does not depend on where the noise of the final batch left it. ``max_batches`` caps batches per epoch. ``gradient_fn`` / ``mean_fn`` replace
-    ``centroid_gradients`` / ``update_centroids_mean`` (same signatures; the labs pass the student's). Neither ``model`` nor ``codebooks`` is
+    result does not depend on where the noise of the final batch left it. ``max_batches`` caps batches per
+    epoch. ``gradient_fn`` / ``mean_fn`` replace ``centroid_gradients`` / ``update_centroids_mean`` (same
+    signatures; the labs pass the student's). The loop is ``lowbit.train.train`` with hooks (centroid
+    gradients before each optimizer step, codebook write-back after). Neither ``model`` nor ``codebooks`` is
     modified: returns ``FinetuneResult(model copy in the input's train/eval mode, codebooks with ascending
     centroids, losses)``.
     """

@@ -1,11 +1,15 @@
 """Post-training quantization (PTQ) helpers for the lab experiments. Input models are never modified.
 
-- ``quantize_weights``: a copy of the model whose Conv2d/Linear weights are fake-quantized (symmetric,
-  restricted, signed) per tensor, per output channel or per group, with min-max or MSE-optimal clipping.
-  Biases stay float32.
+- ``quantize_weights``: a copy of the model whose quantizable layers' weights (``lowbit.quant.modules``) are
+  fake-quantized (symmetric, restricted, signed) per tensor, per output channel or per group, with min-max or
+  MSE-optimal clipping — uniformly, or per layer by a ``Policy`` (mixed precision). Biases stay float32.
 - ``ptq``: static PTQ — weights as above, plus activation fake-quant (unsigned affine, one scale and zero
   point per tensor, as ``lowbit.quant.integer``) on the network input and after every ``nn.ReLU`` module,
-  with ranges from an observer run over calibration data.
+  with ranges from an observer (``ObserverQuantizer``) run over calibration data. ``static_ptq``: the same
+  driven by plain functions (a student's).
+- Lab 1's experiments, shared with ``benchmarks/bench_lab1_accuracy.py`` so the lab's table and the reference
+  table are one code path: ``calibrators`` (range functions by name), ``weight_schemes`` (weight
+  fake-quantizers by name), ``weight_only`` (weights quantized after folding BatchNorm).
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from lowbit.quant.validate import check_bits
 
 __all__ = ["GRANULARITIES", "CLIPS", "mse_symmetric_scale", "fake_quantize_weight", "quantize_weights",
            "weight_policy", "map_weights", "collect_activations", "ActivationFakeQuant", "PTQModel",
-           "RangeFunctionObserver", "ptq", "static_ptq"]
+           "RangeFunctionObserver", "ptq", "static_ptq", "CALIBRATORS", "calibrators", "WEIGHT_SCHEMES",
+           "weight_schemes", "weight_only"]
 
 
 def weight_policy(bits: int | None, granularity: str = "channel", group_size: int = 32, clip: str = "minmax",
@@ -197,3 +202,78 @@ def static_ptq(model: nn.Module, calib_images: torch.Tensor, w_bits: int = 8, a_
     ranges = range_fn or minmax
     return ptq(source, calib_images, w_bits, a_bits, observer=lambda: RangeFunctionObserver(ranges),
                weight_fn=weight_fn, progress=progress)
+
+
+# ------------------------------------------------------------------------------ the Lab 1 experiments
+#: The calibrators Lab 1's static-PTQ experiment compares (and its reference table reports), in order.
+CALIBRATORS = ("min-max", "EMA (m=0.1)", "percentile 99.99", "MSE", "KL (512 bins)")
+#: The weight-quantization schemes of Lab 1's granularity experiment, in order.
+WEIGHT_SCHEMES = ("per-tensor", "per-channel", "per-group (16)", "two-level (16, 4-bit scales)")
+
+
+def calibrators(a_bits: int, ema_minmax: Callable | None = None, mse_clip_range: Callable | None = None,
+                kl_clip_threshold: Callable | None = None, sample_size: int = 2 ** 16,
+                kl_bins: int = 512) -> dict[str, Callable[[torch.Tensor], tuple[float, float]]]:
+    """Range functions ``x [N, ...] -> (lo, hi)`` by name (``CALIBRATORS``), as ``static_ptq(range_fn=...)``
+    takes them: min-max; EMA of min/max (momentum 0.1) over batches of 32; the 99.99th percentile; the
+    MSE-optimal clip at ``a_bits`` on a strided sample of ``sample_size`` values; TensorRT's KL threshold on
+    a ``kl_bins``-bin histogram of |x|. ``ema_minmax`` / ``mse_clip_range`` / ``kl_clip_threshold`` default
+    to lowbit's (``lowbit.quant.calibration``; Lab 1 passes the student's). The network input (normalized
+    pixels, signed) always keeps its exact min-max range: the calibrator under study sets the range of every
+    ReLU output."""
+    from lowbit.quant import calibration as ref
+
+    ema = ema_minmax or ref.ema_minmax
+    mse = mse_clip_range or ref.mse_clip_range
+    kl = kl_clip_threshold or ref.kl_clip_threshold
+    functions = {
+        "min-max": lambda x: (min(x.min().item(), 0.0), x.max().item()),
+        "EMA (m=0.1)": lambda x: ema(x.split(32), momentum=0.1),
+        "percentile 99.99": lambda x: ref.percentile_range(x, 99.99),
+        "MSE": lambda x: mse(ref.strided_subsample(x, sample_size), a_bits),
+        "KL (512 bins)": lambda x: (0.0, kl(*ref.abs_histogram(x, kl_bins), a_bits)),
+    }
+
+    def on_relu_outputs(range_fn: Callable) -> Callable:
+        return lambda x: (x.min().item(), x.max().item()) if x.min() < 0 else range_fn(x)
+
+    return {name: on_relu_outputs(fn) for name, fn in functions.items()}
+
+
+def weight_schemes(symmetric_qparams: Callable | None = None, per_channel_qparams: Callable | None = None,
+                   fake_quantize_per_group: Callable | None = None, linear_quantize: Callable | None = None,
+                   linear_dequantize: Callable | None = None) -> dict[str, Callable[[torch.Tensor, int], torch.Tensor]]:
+    """Weight fake-quantizers ``(w, bits) -> w_hat`` by name (``WEIGHT_SCHEMES``), built from the given Lab 1
+    functions (default lowbit's): symmetric per tensor and per channel (``symmetric_qparams`` /
+    ``per_channel_qparams``, then ``linear_quantize`` / ``linear_dequantize``), per group of 16
+    (``fake_quantize_per_group``) and two-level (lowbit's ``fake_quantize_two_level``, 4-bit scales per 16)."""
+    from lowbit.quant import granularity, linear
+
+    symmetric = symmetric_qparams or linear.symmetric_qparams
+    per_channel = per_channel_qparams or granularity.per_channel_qparams
+    per_group = fake_quantize_per_group or granularity.fake_quantize_per_group
+    quantize = linear_quantize or linear.linear_quantize
+    dequantize = linear_dequantize or linear.linear_dequantize
+
+    def symmetric_per_tensor(w: torch.Tensor, bits: int) -> torch.Tensor:
+        scale = symmetric(w.abs().max().item(), bits)
+        return dequantize(quantize(w, scale, 0, bits), scale, 0)
+
+    def symmetric_per_channel(w: torch.Tensor, bits: int) -> torch.Tensor:
+        scale = per_channel(w, bits, axis=0)
+        return dequantize(quantize(w, scale, 0, bits), scale, 0)
+
+    return {"per-tensor": symmetric_per_tensor, "per-channel": symmetric_per_channel,
+            "per-group (16)": lambda w, bits: per_group(w, bits, 16)[0],
+            "two-level (16, 4-bit scales)": lambda w, bits: granularity.fake_quantize_two_level(w, bits, 16, 4)[0]}
+
+
+def weight_only(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], fold_bn: bool = True) -> nn.Module:
+    """``map_weights`` of the BatchNorm-folded model (``fold_bn``, as deployed and as ``static_ptq`` and
+    ``integer.integerize`` see it): weights quantized by ``fn``, activations float. ``model`` is unchanged.
+
+    Folding first matters: BatchNorm scales each output channel by γ/σ, so the folded weights' channel
+    ranges differ far more than the raw ones and one scale per tensor loses far more."""
+    from lowbit.models import fold_batchnorm
+
+    return map_weights(fold_batchnorm(model) if fold_bn else model, fn)

@@ -95,18 +95,19 @@ class _LSQ(torch.autograd.Function):
     def forward(ctx, x: Tensor, step: Tensor, q_min: int, q_max: int, grad_scale: float,  # type: ignore[override]
                 rounding: fakequant.Rounding) -> Tensor:
         v = x / step
-        ctx.save_for_backward(v, step)
+        codes = fakequant.round_values(v, rounding).clamp_(q_min, q_max)
+        ctx.save_for_backward(v, codes, step)
         ctx.q_min, ctx.q_max, ctx.grad_scale = q_min, q_max, grad_scale
-        return fakequant.round_values(v, rounding).clamp_(q_min, q_max).mul_(step)
+        return codes * step
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        v, step = ctx.saved_tensors
+        v, codes, step = ctx.saved_tensors
         inside = (v >= ctx.q_min) & (v <= ctx.q_max)
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_step = None
         if ctx.needs_input_grad[1]:
-            per_value = v.clamp(ctx.q_min, ctx.q_max).round_().sub_(v * inside)
+            per_value = codes - v * inside                   # the forward's own rounding (any rule)
             grad_step = (grad * per_value).sum_to_size(step.shape).mul_(ctx.grad_scale)
         return grad_x, grad_step, None, None, None, None
 
@@ -247,7 +248,8 @@ class LSQQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         where = "per tensor" if self.channel_dim is None else f"per channel (dim {self.channel_dim})"
-        return f"bits={self.bits}, signed={self.signed}, {where}, init={self.init}, initialized={bool(self.initialized)}"
+        return (f"bits={self.bits}, signed={self.signed}, {where}, init={self.init}, "
+                f"initialized={bool(self.initialized)}")
 
 
 class PACTQuantizer(Quantizer):

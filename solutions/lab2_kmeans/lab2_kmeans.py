@@ -356,21 +356,15 @@ for bits in (4, 3, 2):
 def kmeans_quantize_model(model: nn.Module, bits: int, keep_float: tuple[str, ...] = ()
                           ) -> tuple[nn.Module, dict[str, Codebook]]:
     """A copy of `model` with every Conv2d/Linear weight, except the layers named in `keep_float`, replaced by
-    its k-means reconstruction (your functions). Returns (copy, {layer name: Codebook})."""
-    quantized, codebooks = copy.deepcopy(model), {}
-    for name, module in quantized.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in keep_float:
-            codebooks[name] = kmeans_quantize(module.weight.detach(), bits)
-            with torch.no_grad():
-                module.weight.copy_(decode(codebooks[name], module.weight.shape))
-    return quantized, codebooks
+    its k-means reconstruction: lowbit's model rewriter running your `kmeans_quantize` and `decode`.
+    Returns (copy, {layer name: Codebook})."""
+    return lowbit.quant.kmeans.quantize_model_kmeans(model, bits, exclude=keep_float, quantize_fn=kmeans_quantize,
+                                                     decode_fn=decode)
 
 
 def model_bits(model: nn.Module, codebooks: dict[str, Codebook], bits: int) -> int:
-    """Storage of a k-means-quantized model: codebook layers by `compressed_bits`, everything else fp32."""
-    quantized_ids = {id(dict(model.named_modules())[name].weight) for name in codebooks}
-    other = sum(p.numel() for p in model.parameters() if id(p) not in quantized_ids)
-    return sum(compressed_bits(cb.labels.numel(), bits) for cb in codebooks.values()) + 32 * other
+    """Storage of a k-means-quantized model: codebook layers by your `compressed_bits`, everything else fp32."""
+    return lowbit.quant.kmeans.model_bits(model, codebooks, bits, compressed_bits)
 
 
 fp32_bits = 32 * sum(p.numel() for p in model.parameters())

@@ -293,12 +293,35 @@ def kmeans_1d(w: Tensor, k: int, iters: int = 100, init: str = "linear", seed: i
 
 
 # ------------------------------------------------------------------------------------------ fast Lloyd
-def _cluster_bounds(sorted_x: Tensor, centroids: Tensor) -> Tensor:
-    """int64 ``[k + 1]``: cluster j holds ``sorted_x[bounds[j]:bounds[j + 1]]`` (midpoint ties go lower)."""
-    n = sorted_x.numel()
-    inner = torch.searchsorted(sorted_x, _midpoints(centroids), right=True)
-    edge = torch.tensor([0], dtype=torch.int64)
-    return torch.cat([edge, inner, edge + n])
+def _lloyd_on_sorted(x: Tensor, centroids: Tensor, iters: int) -> Tensor:
+    """Lloyd's iterations on the sorted values of ``x`` (float64 ``[n]``) from ``centroids`` (float64 ``[k]``).
+
+    In 1-D a cluster is a run of the sorted values, so the state is its k + 1 run boundaries: cluster j holds
+    ``sorted_x[bounds[j]:bounds[j + 1]]`` (a value on a midpoint goes to the lower cluster, as in
+    ``_assign64``). Its mean is a difference of two prefix sums over its count, and the next boundaries are
+    one ``searchsorted`` of the k − 1 midpoints: O(k log n) per iteration, independent of n.
+
+    Runs in NumPy: its vectorized sort is several times faster than ``torch.sort`` on CPU, and a dozen tiny
+    NumPy calls cost far less per iteration than the same tensor ops (dispatch overhead dominates at k = 16).
+    Returns the final centroids, float64 ``[k]``.
+    """
+    import numpy as np  # the package depends on numpy; imported here to keep the module's imports unchanged
+
+    sorted_x = np.sort(x.numpy())
+    prefix = np.concatenate(([0.0], np.cumsum(sorted_x)))
+    means = centroids.numpy().copy()
+    bounds = np.empty(means.size + 1, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, sorted_x.size
+    bounds[1:-1] = np.searchsorted(sorted_x, (means[:-1] + means[1:]) / 2, side="right")
+    for _ in range(iters):
+        counts = bounds[1:] - bounds[:-1]
+        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), means)
+        inner = np.searchsorted(sorted_x, (means[:-1] + means[1:]) / 2, side="right")
+        if (inner == bounds[1:-1]).all():
+            break
+        bounds[1:-1] = inner
+    return torch.from_numpy(means)
 
 
 def kmeans_1d_fast(w: Tensor, k: int, iters: int = 1000, init: str = "linear",
@@ -316,18 +339,7 @@ def kmeans_1d_fast(w: Tensor, k: int, iters: int = 1000, init: str = "linear",
     _check_iters(iters)
     _check_choice("init", init, INITS)
     x = _flat64(w)
-    sorted_x = torch.sort(x).values
-    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(sorted_x, 0)])
-    centroids = _initial_centroids64(x, k, init, seed)
-    bounds = _cluster_bounds(sorted_x, centroids)
-    for _ in range(iters):
-        counts = bounds[1:] - bounds[:-1]
-        sums = prefix[bounds[1:]] - prefix[bounds[:-1]]
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-        new_bounds = _cluster_bounds(sorted_x, centroids)
-        if torch.equal(new_bounds, bounds):
-            break
-        bounds = new_bounds
+    centroids = _lloyd_on_sorted(x, _initial_centroids64(x, k, init, seed), iters)
     return centroids.to(torch.float32), _assign64(x, centroids)
 
 

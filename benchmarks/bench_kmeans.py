@@ -20,8 +20,9 @@ Part 2 — where ``kmeans_1d_fast``'s time goes: cProfile of its calls on the N(
 Part 3 — a real layer (the largest weight tensor of the shipped model): SSE of Lloyd (linear init, and
 k-means++) over the exact optimum of ``kmeans_1d_optimal`` for growing k.
 
-Run: ``.venv/bin/python benchmarks/bench_kmeans.py`` (one torch / OpenMP thread unless ``--threads``; needs the
-``bench`` extra: scikit-learn, fast-pytorch-kmeans). Prints a markdown block for ``benchmarks/RESULTS.md``.
+Run: ``.venv/bin/python benchmarks/bench_kmeans.py`` (one torch thread unless ``--threads``; scikit-learn with
+its own OpenMP threads unless ``--peer-threads``; needs the ``bench`` extra: scikit-learn, fast-pytorch-kmeans).
+Prints a markdown block for ``benchmarks/RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -246,18 +247,24 @@ def lloyd_vs_optimum(layer_name: str, w: torch.Tensor) -> list[str]:
     return lines
 
 
+def sklearn_threads() -> int:
+    from threadpoolctl import threadpool_info
+    return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp"), default=1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch and scikit-learn (OpenMP/BLAS) threads (default 1; 0: the libraries' own)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (lowbit, fast_pytorch_kmeans; default 1)")
+    parser.add_argument("--peer-threads", type=int, default=0,
+                        help="scikit-learn's OpenMP/BLAS threads (default 0: its own, as its users run it)")
     parser.add_argument("--n", type=int, default=N, help=f"weights per data set (default {N:,})")
     parser.add_argument("--defaults-only", action="store_true",
                         help="only the as-users-call-them tables and the profile (skips the slow matched runs)")
     args = parser.parse_args(argv)
-    if args.threads:
+    torch.set_num_threads(args.threads)
+    if args.peer_threads:
         from threadpoolctl import threadpool_limits
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+        threadpool_limits(args.peer_threads)
     import sklearn
     import fast_pytorch_kmeans  # noqa: F401 (version below)
     from importlib.metadata import version
@@ -266,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0]
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), numpy "
-             f"{np.__version__}, scikit-learn {sklearn.__version__}, fast-pytorch-kmeans "
+             f"{np.__version__}, scikit-learn {sklearn.__version__} ({sklearn_threads()} OpenMP threads), "
+             f"fast-pytorch-kmeans "
              f"{version('fast-pytorch-kmeans')}; load average at start {load:.2f}.", ""]
     data = {"N(0, 0.05²)": normal_weights(args.n, SEED), "Heavy-tailed mixture": heavy_tailed_mixture(args.n, SEED),
             f"Shipped `{model_name}` weights resampled": resampled_weights(model, args.n, SEED)}

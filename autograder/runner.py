@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import secret as course_secret
+from . import student_build
 from . import wire
 from .checks import _api, add_checks_path, find_check_module
 from .contract import Contract, load_contract
@@ -318,7 +319,8 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
     cells: list[dict] = []
     events: list[str] = []
     breach: Breach | None = None
-    sandbox = Sandbox(mode, limits, list(sandbox_paths))
+    sandbox = Sandbox(mode, limits, list(sandbox_paths), package_view=student_build.package_view(
+        tuple(lab.protected), tuple(student_build.provided_names(plan.setup_sources))))
     try:
         sandbox.send({"cells": plan.worker_cells, "protected": lab.protected, "sys_path": sandbox.sys_path()})
         ready = sandbox.receive(limits.wall_seconds)

@@ -205,7 +205,8 @@ def bound_names(source: str) -> set[str]:
 _IMPORT_TAMPERING = {"importlib", "__import__", "reload", "modules", "__builtins__", "builtins"}
 
 
-def scan_answers(answers: list[tuple[str, str, str]], protected: list[str], contract=None) -> list[str]:
+def scan_answers(answers: list[tuple[str, str, str]], protected: list[str], contract=None,
+                 setup_sources: list[str] = ()) -> list[str]:
     """Static scan of answer cells -> reasons: uses of protected reference functions or import machinery, library
     calls that do a graded function's whole job (from the lab's contract), reaches into the worker's module."""
     reasons: list[str] = []
@@ -239,4 +240,4 @@ def scan_answers(answers: list[tuple[str, str, str]], protected: list[str], cont
                     isinstance(node.value, ast.Name) and node.value.id in ("sys", "importlib"):
                 found.add(f"uses {node.value.id}.{node.attr}")
         reasons.extend(f"cell {gid} {what}" for what in sorted(found))
-    return reasons + whole_job_uses(answers, contract) + worker_reaches(answers)
+    return reasons + whole_job_uses(answers, contract, setup_sources) + worker_reaches(answers)

@@ -277,7 +277,7 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     _api.use_draw_key(course_secret.draw_key(lab.secret, lab.name, plan.answers))
     if lab.practice:
         reasons.append(course_secret.PRACTICE_NOTE)
-    scan = scan_answers(plan.answers, lab.protected, lab.contract)
+    scan = scan_answers(plan.answers, lab.protected, lab.contract, plan.setup_sources)
     if scan:
         statuses.append("flagged")
         reasons.extend(scan)

@@ -218,7 +218,7 @@ def expect_shape(got: Any, shape: tuple[int, ...] | torch.Size, what: str = "res
 def expect_length(got: Any, length: int, what: str = "result", *, inputs: dict | None = None) -> None:
     """Assert ``got`` is a tuple or list of exactly ``length`` items (never compare sequences by ``zip``)."""
     if not _is_sequence(got) or len(got) != length:
-        raise _mismatch(_label(what, inputs), f"a tuple of {length} values", got)
+        raise AssertionError(f"{_label(what, inputs)}:\n  expected a tuple of {length} values\n  got      {describe(got)}")
 
 
 def expect_equal(got: Any, expected: Any, what: str = "result", *, inputs: dict | None = None) -> None:

@@ -136,10 +136,12 @@ def check_affine_qparams(fn) -> None:
     d = suite.draw
 
     def compare(r_min, r_max, bits, signed):
-        scale, zero_point = fn(r_min, r_max, bits, signed)
+        what, _ = suite.label(r_min, r_max, bits, signed)
+        result = fn(r_min, r_max, bits, signed)
+        expect_length(result, 2, what)
+        scale, zero_point = result
         ref_scale, ref_zero = REF["affine_qparams"](r_min, r_max, bits, signed)
-        what = f"affine_qparams({r_min}, {r_max}, bits={bits}, signed={signed})"
-        expect_close(float(scale), ref_scale, f"scale of {what}", rtol=1e-6)
+        expect_close(scale, ref_scale, f"scale of {what}", rtol=1e-6)
         expect_equal(int(zero_point), ref_zero, f"zero point of {what}")
 
     with suite.check("scale and zero point of a range around zero"):
@@ -183,9 +185,9 @@ def check_symmetric_qparams(fn) -> None:
     suite = CheckSuite("symmetric_qparams", CONTRACT)
     d, ref = suite.draw, REF["symmetric_qparams"]
 
-    def compare(*args, **tolerance):
+    def compare(*args):
         what, _ = suite.label(*args)
-        expect_close(float(fn(*args)), ref(*args), what, rtol=1e-6)
+        expect_close(fn(*args), ref(*args), what, rtol=1e-6)
 
     abs_max = d.uniform(0.1, 5.0)
     with suite.check("restricted range divides by 2^(b-1) - 1"):
@@ -197,9 +199,9 @@ def check_symmetric_qparams(fn) -> None:
         for bits in range(2, 9):
             compare(abs_max, bits, False)
     with suite.check("zero abs_max gives scale 1.0, never 0"):
-        expect_close(float(fn(0.0, 8, True)), 1.0, "symmetric_qparams(abs_max=0.0, bits=8)")
+        expect_close(fn(0.0, 8, True), 1.0, "symmetric_qparams(abs_max=0.0, bits=8)")
         bits = d.integer(2, 7)
-        expect_close(float(fn(0.0, bits, False)), 1.0, f"symmetric_qparams(abs_max=0.0, bits={bits}, restricted=False)")
+        expect_close(fn(0.0, bits, False), 1.0, f"symmetric_qparams(abs_max=0.0, bits={bits}, restricted=False)")
     with suite.check("returns a Python float"):
         got = fn(abs_max, 8, True)
         assert type(got) is float, f"symmetric_qparams(abs_max={abs_max!r}, bits=8) returned {type(got).__name__}"
@@ -258,7 +260,7 @@ def check_fake_quantize_per_group(fn) -> None:
         ref_w, ref_bits = ref(w, bits, group_size)
         expect_shape(got, tuple(w.shape), f"w_hat of {what}", inputs=inputs)
         expect_close(got, ref_w, f"w_hat of {what}", atol=1e-6, rtol=1e-5, inputs=inputs)
-        expect_close(float(got_bits), float(ref_bits), f"bits_per_element of {what}", rtol=1e-9)
+        expect_close(got_bits, float(ref_bits), f"bits_per_element of {what}", rtol=1e-9)
 
     def weight(rows, cols):
         return d.heavy_tailed(rows * cols).reshape(rows, cols)

@@ -134,10 +134,10 @@ def _attacks(lab, tmp: Path, listener: Listener) -> dict[str, bytes]:
             "exec(compile(open(_package.__file__).read(), 'copy', 'exec'), _copy)\n"
             "def quantize_symmetric(x, scale, bits):\n    return _copy['quantize_symmetric'](x, scale, bits)\n")),
         "rebuilds_reference_from_its_code_object": submission(lab, quantize_symmetric=(
-            "import gc, types, fixref as _package\n"  # the tripwire replaced the module attribute; find the original
-            "_original = next(o for o in gc.get_objects() if isinstance(o, types.FunctionType) and "
-            "o.__code__.co_name == 'quantize_symmetric' and o.__module__ == 'fixref')\n"
-            "quantize_symmetric = types.FunctionType(_original.__code__, vars(_package))\n")),
+            "import fixref as _package\n"  # the module's own code object, from its loader: fresh, untripwired functions
+            "_fresh = {'__name__': 'copy'}\n"
+            "exec(_package.__spec__.loader.get_code(_package.__name__), _fresh)\n"
+            "quantize_symmetric = _fresh['quantize' + '_symmetric']\n")),
         "in_place_with_the_detector_replaced": submission(lab, quantize_symmetric=(
             "import sys\n"
             "_worker = sys.modules['__main__']\n"

@@ -464,3 +464,31 @@ def test_sandbox_cannot_reach_or_rebuild_the_references(lab):
     assert {f"{n} (rebuilt)" for n in bodies} <= unavailable
     assert found["files"] == [] and found["code"] == [] and found["foreign"] == []
     assert "not available while grading" in found["pickled"]
+
+
+# --------------------------------------------------------------------------------------- practice / CLI
+def test_cli_refuses_to_grade_without_a_secret(tmp_path, monkeypatch, capsys):
+    from autograder.__main__ import main
+    monkeypatch.delenv(course_secret.ENV_VAR, raising=False)
+    (tmp_path / "class").mkdir()
+    assert main(["grade", FIXTURE_LAB, str(tmp_path / "class"), "--out", str(tmp_path / "out"),
+                 "--course", str(FIXTURE_COURSE), "--quiet"]) == 2
+    assert "--practice" in capsys.readouterr().err
+    assert main(["secret", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / course_secret.FILE_NAME).is_file()
+
+
+def test_practice_grading_says_so_in_the_csv_and_feedback(tmp_path, monkeypatch):
+    from autograder.grade import grade_class
+    from autograder.submissions import fill_answers
+    from autograder_helpers import TEST_LIMITS
+    monkeypatch.delenv(course_secret.ENV_VAR, raising=False)
+    lab = Lab.load(Course.load(FIXTURE_COURSE), FIXTURE_LAB)
+    (tmp_path / "class" / "s1").mkdir(parents=True)
+    (tmp_path / "class" / "s1" / f"{FIXTURE_LAB}.ipynb").write_bytes(
+        fill_answers(lab.released_bytes, solution_answers(lab.source_bytes)))
+    results = grade_class(FIXTURE_LAB, tmp_path / "class", tmp_path / "out", FIXTURE_COURSE, jobs=1, progress=False,
+                          unsafe=bwrap_problem() is not None, practice=True, limits=TEST_LIMITS)
+    assert results["s1"]["score"] == results["s1"]["max_score"]
+    assert "practice grading" in (tmp_path / "out" / "grades.csv").read_text()
+    assert "not for credit" in (tmp_path / "out" / "feedback" / "s1" / f"{FIXTURE_LAB}.html").read_text()

@@ -128,7 +128,9 @@ def _reach(node: ast.AST) -> str | None:
         if node.attr == "stack" and isinstance(node.value, ast.Name) and node.value.id == "inspect":
             return "interpreter frames (inspect.stack)"
     if isinstance(node, (ast.Import, ast.ImportFrom)):
-        names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        names = [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
         for name in names:
             if name.split(".")[0] in ("__main__", "sandbox_worker", "wire"):
                 return f"the worker's own module ({name})"

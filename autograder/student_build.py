@@ -124,8 +124,8 @@ class _Graph:
         for sub in ast.walk(node):
             dotted = None
             if isinstance(sub, ast.Name):
-                local = sub.id
-                dotted = f"{module.name}.{local}" if f"{module.name}.{local}" in self.defs else module.aliases.get(local)
+                own = f"{module.name}.{sub.id}"
+                dotted = own if own in self.defs else module.aliases.get(sub.id)
             elif isinstance(sub, ast.Attribute):
                 chain, base = [sub.attr], sub.value
                 while isinstance(base, ast.Attribute):

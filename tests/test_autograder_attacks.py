@@ -278,7 +278,8 @@ def test_reloading_the_reference_is_flagged(graded):
     assert any("importlib" in reason for reason in result["reasons"])
 
 
-@pytest.mark.parametrize("student", ["rebuilds_reference_from_its_source_file", "rebuilds_reference_from_its_code_object"])
+@pytest.mark.parametrize("student", ["rebuilds_reference_from_its_source_file",
+                                     "rebuilds_reference_from_its_code_object"])
 def test_the_reference_cannot_be_rebuilt_from_the_sandboxed_package(graded, student):
     """The sandbox's package has the answers removed: its source file and its code objects hold no reference."""
     assert cell(graded, student, "test_quantize_symmetric")["score"] == 0

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib
-import inspect
 import json
-import os
 import stat
 import textwrap
 from pathlib import Path
@@ -176,7 +174,8 @@ def test_no_named_check_passes_a_constant_wrong_answer(lab):
     """Audit: a function returning an empty/None/zero-size/boolean constant fails every check of every suite
     (except those that only check it leaves its inputs alone, or only the result's type, where the constant
     has the right type)."""
-    exempt = {"leaves its input unchanged", "leaves its inputs unchanged", "returns a Python int", "returns a Python float"}
+    exempt = {"leaves its input unchanged", "leaves its inputs unchanged", "returns a Python int",
+              "returns a Python float"}
     passing = {}
     for function in load_contract(lab).graded:
         for garbage in GARBAGE:
@@ -233,7 +232,8 @@ def test_kmeans_libraries_are_flagged_but_provided_helpers_only_where_they_do_th
 
 @pytest.mark.parametrize("lab", [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans")])
 def test_the_solutions_are_not_flagged(lab):
-    answers = [(g, "code", s) for g, s in solution_answers((REPO / "solutions" / lab / f"{lab}.ipynb").read_bytes()).items()]
+    solution = (REPO / "solutions" / lab / f"{lab}.ipynb").read_bytes()
+    answers = [(g, "code", s) for g, s in solution_answers(solution).items()]
     assert whole_job_uses(answers, load_contract(lab), _setup_sources(lab)) == [] and worker_reaches(answers) == []
 
 
@@ -316,8 +316,8 @@ def test_removal_follows_the_call_graph_not_file_lists(tmp_path):
     pkg = _write_package(tmp_path)
     removed = student_build.removed_names(pkg, ["mypkg.quant.method.graded", "mypkg.quant.method.graded_observer"],
                                           ["mypkg.quant.method.provided"])
-    assert removed == ["mypkg.quant.core.Observer", "mypkg.quant.core.Observer._span", "mypkg.quant.core.Observer.ranges",
-                       "mypkg.quant.core._clamp", "mypkg.quant.core.fake_round", "mypkg.quant.method.graded",
+    assert removed == ["mypkg.quant.core.Observer", "mypkg.quant.core.Observer._span",
+                       "mypkg.quant.core.Observer.ranges", "mypkg.quant.core._clamp", "mypkg.quant.core.fake_round", "mypkg.quant.method.graded",
                        "mypkg.quant.method.graded_observer"]
     copy = student_build.answer_free_copy(pkg, ["mypkg.quant.method.graded", "mypkg.quant.method.graded_observer"],
                                           ["mypkg.quant.method.provided"], cache=tmp_path / "cache")
@@ -431,9 +431,10 @@ try:
 except Exception as exc:
     found["pickled"] = str(exc)[:200]
 for finder in sys.meta_path:
-    mapping = getattr(sys.modules.get(type(finder).__module__ if not isinstance(finder, type) else finder.__module__), "MAPPING", {})
-    for target in mapping.values():
-        if os.path.exists(os.path.join(target, "quant")) and not os.path.exists(os.path.join(target, "ANSWER_FREE.json")):
+    owner = finder.__module__ if isinstance(finder, type) else type(finder).__module__
+    for target in getattr(sys.modules.get(owner), "MAPPING", {}).values():
+        if os.path.exists(os.path.join(target, "quant")) and \
+                not os.path.exists(os.path.join(target, "ANSWER_FREE.json")):
             found["foreign"].append(target)
 out = json.dumps(found)
 '''
@@ -448,7 +449,8 @@ def test_sandbox_cannot_reach_or_rebuild_the_references(lab):
     bodies = _original_bodies(lab)
     assert len(bodies) >= 5
     contract = load_contract(lab)
-    view = student_build.package_view(tuple(contract.protected), tuple(student_build.provided_names(_setup_sources(lab))))
+    provided = tuple(student_build.provided_names(_setup_sources(lab)))
+    view = student_build.package_view(tuple(contract.protected), provided)
     sandbox = Sandbox("bwrap", Limits(wall_seconds=300), [], package_view=view)
     try:
         source = f"NAMES = {json.dumps(json.dumps(bodies))}\n" + PROBE

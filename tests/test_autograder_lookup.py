@@ -64,7 +64,8 @@ def _lookup_key(value):
 
 def _lookup_encode(v):
     if isinstance(v, _torch.Tensor):
-        return {"tensor": str(v.dtype).removeprefix("torch."), "shape": list(v.shape), "data": v.detach().reshape(-1).tolist()}
+        return {"tensor": str(v.dtype).removeprefix("torch."), "shape": list(v.shape),
+                "data": v.detach().reshape(-1).tolist()}
     if isinstance(v, tuple):
         return {"tuple": [_lookup_encode(x) for x in v], "name": type(v).__name__}
     if isinstance(v, list):
@@ -80,7 +81,8 @@ def _lookup_decode(v, namespace):
     if isinstance(v, dict) and "tuple" in v:
         items = [_lookup_decode(x, namespace) for x in v["tuple"]]
         kind = namespace.get(v["name"])
-        return kind(*items) if isinstance(kind, type) and issubclass(kind, tuple) and kind is not tuple else tuple(items)
+        named = isinstance(kind, type) and issubclass(kind, tuple) and kind is not tuple
+        return kind(*items) if named else tuple(items)
     if isinstance(v, dict) and "float" in v:
         return float(v["float"])
     if isinstance(v, list):

@@ -218,7 +218,8 @@ def expect_shape(got: Any, shape: tuple[int, ...] | torch.Size, what: str = "res
 def expect_length(got: Any, length: int, what: str = "result", *, inputs: dict | None = None) -> None:
     """Assert ``got`` is a tuple or list of exactly ``length`` items (never compare sequences by ``zip``)."""
     if not _is_sequence(got) or len(got) != length:
-        raise AssertionError(f"{_label(what, inputs)}:\n  expected a tuple of {length} values\n  got      {describe(got)}")
+        raise AssertionError(f"{_label(what, inputs)}:\n  expected a tuple of {length} values\n"
+                             f"  got      {describe(got)}")
 
 
 def expect_equal(got: Any, expected: Any, what: str = "result", *, inputs: dict | None = None) -> None:

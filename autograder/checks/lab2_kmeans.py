@@ -26,6 +26,16 @@ def _size(d, n: int) -> int:
     return n + d.integer(0, n // 5)
 
 
+def _expect_codebook(suite: CheckSuite, fn, expected: tuple, *args, **kwargs) -> None:
+    """``fn(*args, **kwargs)`` returns the expected (centroids, labels): centroids within CENTROID_TOL, labels exact."""
+    what, inputs = suite.label(*args, **kwargs)
+    result = fn(*args, **kwargs)
+    expect_length(result, 2, what, inputs=inputs)
+    centroids, labels = result
+    expect_close(centroids, expected[0], f"centroids of {what}", inputs=inputs, **CENTROID_TOL)
+    expect_equal(labels, expected[1], f"labels of {what}", inputs=inputs)
+
+
 def _nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Nearest-centroid labels by an explicit distance matrix (ties: lowest index)."""
     return (x.reshape(-1, 1).double() - centroids.double().reshape(1, -1)).abs().argmin(dim=1)
@@ -38,7 +48,8 @@ def check_linear_init(fn) -> None:
     with suite.check("evenly spaced from min to max", hint="torch.linspace(w.min(), w.max(), k): both ends included"):
         for n, k, seed in ((100, 4, 0), (1000, 16, 1), (37, 7, 2), (500, 256, 3)):
             w = d.heavy_tailed(_size(d, n))
-            expect_close(fn(w, k), ref.linear_init(w, k), f"linear_init(w, k={k})", atol=1e-8, rtol=1e-6, inputs={"w": w})
+            expect_close(fn(w, k), ref.linear_init(w, k), f"linear_init(w, k={k})", atol=1e-8, rtol=1e-6,
+                         inputs={"w": w})
     with suite.check("the first and last centroids are the min and the max"):
         w = d.heavy_tailed(_size(d, 300))
         got = fn(w, 8)
@@ -64,7 +75,8 @@ def check_linear_init(fn) -> None:
     with suite.check("float16 and bfloat16 inputs", hint="convert to float64 before linspace; do not build the grid in float16"):
         for dtype in (torch.float16, torch.bfloat16):
             w = d.heavy_tailed(_size(d, 200)).to(dtype)
-            expect_close(fn(w, 16), ref.linear_init(w, 16), "linear_init(w, k=16)", atol=1e-8, rtol=1e-6, inputs={"w": w})
+            expect_close(fn(w, 16), ref.linear_init(w, 16), "linear_init(w, k=16)", atol=1e-8, rtol=1e-6,
+                         inputs={"w": w})
     with suite.check("rejects bad input", hint="TypeError for integer tensors; ValueError for empty w or k < 1"):
         expect_raises(ValueError, fn, torch.zeros(0), 4, what="linear_init(empty tensor, 4)")
         expect_raises(ValueError, fn, torch.randn(5), 0, what="linear_init(w, k=0)")
@@ -79,13 +91,7 @@ def check_kmeans_1d(fn) -> None:
     d = suite.draw
 
     def compare(w, k, **kwargs):
-        what, inputs = suite.label(w, k, **kwargs)
-        result = fn(w, k, **kwargs)
-        expect_length(result, 2, what, inputs=inputs)
-        centroids, labels = result
-        ref_centroids, ref_labels = ref.kmeans_1d(w, k, **kwargs)
-        expect_close(centroids, ref_centroids, f"centroids of {what}", inputs=inputs, **CENTROID_TOL)
-        expect_equal(labels, ref_labels, f"labels of {what}", inputs=inputs)
+        _expect_codebook(suite, fn, ref.kmeans_1d(w, k, **kwargs), w, k, **kwargs)
 
     with suite.check("matches Lloyd's algorithm with linear init"):
         for n, k, seed in ((200, 2, 0), (1000, 4, 1), (2000, 8, 2), (3000, 16, 3)):
@@ -97,8 +103,8 @@ def check_kmeans_1d(fn) -> None:
                 result = fn(w, k, iters=iters)
                 expect_length(result, 2, f"kmeans_1d(w, k={k}, iters={iters})", inputs={"w": w})
                 centroids, labels = result
-                expect_equal(labels, _nearest(w, centroids), f"labels of kmeans_1d(w, k={k}, iters={iters}) vs nearest centroid",
-                             inputs={"w": w})
+                expect_equal(labels, _nearest(w, centroids),
+                             f"labels of kmeans_1d(w, k={k}, iters={iters}) vs nearest centroid", inputs={"w": w})
     with suite.check("ties go to the lower index", hint="a value exactly on a midpoint joins the lower cluster (torch.bucketize, right=False)"):
         w = torch.tensor([0.0, 1.0, 2.0])
         centroids, labels = fn(w, 2)
@@ -158,13 +164,7 @@ def check_kmeans_quantize(fn) -> None:
     d = suite.draw
 
     def compare(w, bits, **kwargs):
-        what, inputs = suite.label(w, bits, **kwargs)
-        codebook = fn(w, bits, **kwargs)
-        expect_length(codebook, 2, what, inputs=inputs)
-        centroids, labels = codebook
-        expected = ref.kmeans_quantize(w, bits, method="lloyd", **kwargs)
-        expect_close(centroids, expected.centroids, f"centroids of {what}", inputs=inputs, **CENTROID_TOL)
-        expect_equal(labels, expected.labels, f"labels of {what}", inputs=inputs)
+        _expect_codebook(suite, fn, ref.kmeans_quantize(w, bits, method="lloyd", **kwargs), w, bits, **kwargs)
 
     with suite.check("k = 2^bits centroids", hint="bits=b means 2**b shared values, not 2**b - 1 and not b"):
         w = d.heavy_tailed(_size(d, 1500))
@@ -242,20 +242,23 @@ def check_compressed_bits(fn) -> None:
         numel = d.integer(1, 30)
         expect_equal(fn(numel, 8), numel * 8 + 256 * 32, f"compressed_bits(numel={numel}, bits=8)")
         bits = d.integer(2, 6)
-        expect_equal(fn(0, bits), 2**bits * 32, f"compressed_bits(numel=0, bits={bits}): an empty tensor still has its codebook")
+        expect_equal(fn(0, bits), 2**bits * 32,
+                     f"compressed_bits(numel=0, bits={bits}): an empty tensor still has its codebook")
     with suite.check("codebook_bits is used"):
         for codebook_bits in (16, 8, 0):
             compare(d.integer(100, 5000), d.integer(2, 6), codebook_bits)
     with suite.check("returns a Python int"):
         numel = d.integer(1, 1000)
         got = fn(numel, 3)
-        assert type(got) is int, f"compressed_bits(numel={numel}, bits=3) returned {type(got).__name__} {got!r}: expected a Python int"
+        assert type(got) is int, \
+            f"compressed_bits(numel={numel}, bits=3) returned {type(got).__name__} {got!r}: expected a Python int"
     with suite.check("rejects bad input", hint="ValueError for numel < 0, codebook_bits < 0 or bits outside 1..16"):
         numel = d.integer(10, 1000)
         expect_raises(ValueError, fn, -d.integer(1, 100), 4, what="compressed_bits(numel < 0, bits=4)")
         expect_raises(ValueError, fn, numel, 0, what=f"compressed_bits(numel={numel}, bits=0)")
         expect_raises(ValueError, fn, numel, 17, what=f"compressed_bits(numel={numel}, bits=17)")
-        expect_raises(ValueError, fn, numel, 4, -d.integer(1, 16), what=f"compressed_bits(numel={numel}, bits=4, codebook_bits < 0)")
+        expect_raises(ValueError, fn, numel, 4, -d.integer(1, 16),
+                      what=f"compressed_bits(numel={numel}, bits=4, codebook_bits < 0)")
     suite.finish()
 
 

@@ -31,7 +31,7 @@ from . import wire
 from .checks import _api, add_checks_path, find_check_module
 from .contract import Contract, load_contract
 from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
-from .sandbox import BREACHES, Breach, Limits, Sandbox
+from .sandbox import BREACHES, Breach, Limits, Sandbox, course_package_dirs
 
 GRADER_VERSION = "1"
 STATUS_ORDER = ("invalid-notebook", "timeout", "memory", "crashed", "flagged", "tampered", "ok")
@@ -319,8 +319,10 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
     cells: list[dict] = []
     events: list[str] = []
     breach: Breach | None = None
-    sandbox = Sandbox(mode, limits, list(sandbox_paths), package_view=student_build.package_view(
-        tuple(lab.protected), tuple(student_build.provided_names(plan.setup_sources))))
+    view = student_build.package_view(tuple(lab.protected), tuple(student_build.provided_names(plan.setup_sources)))
+    for path in [*course_package_dirs(), *sandbox_paths]:  # build before the submission's clock starts
+        view(Path(path).resolve())
+    sandbox = Sandbox(mode, limits, list(sandbox_paths), package_view=view)
     try:
         sandbox.send({"cells": plan.worker_cells, "protected": lab.protected, "sys_path": sandbox.sys_path()})
         ready = sandbox.receive(limits.wall_seconds)

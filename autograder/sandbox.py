@@ -130,8 +130,19 @@ def bwrap_command(extra_paths: list[Path], uid: int, limits: Limits, package_vie
     if os.geteuid() == 0:
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "/usr/bin/setpriv",
                 f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
-    python = str(Path(sys.executable))
-    return cmd + [python, "-I", f"{SANDBOX_GRADER_DIR}/sandbox_worker.py"]
+    return cmd + [str(sandbox_python()), "-I", f"{SANDBOX_GRADER_DIR}/sandbox_worker.py"]
+
+
+def sandbox_python() -> Path:
+    """This interpreter as seen inside the sandbox, where only the *resolved* prefixes are mounted (a venv
+    reached through a symlink, e.g. a worktree's ``.venv``, would otherwise be missing: exit code 127)."""
+    executable = Path(sys.executable)
+    for prefix in (sys.prefix, sys.exec_prefix, sys.base_prefix):
+        try:
+            return Path(prefix).resolve() / executable.relative_to(prefix)
+        except ValueError:
+            continue
+    return executable.resolve()
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""Command line: ``autograder release|grade|check`` (also ``python -m autograder``)."""
+"""Command line: ``autograder release|grade|secret|check`` (also ``python -m autograder``)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--unsafe", action="store_true", help="run without the bwrap sandbox (marked in the CSV)")
     grade.add_argument("--course", type=Path, default=REPO_ROOT, help="course root (default: this repo)")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade.add_argument("--secret-file", type=Path, default=None,
+                       help="the course secret keying the hidden checks' inputs (default: $AUTOGRADER_SECRET, "
+                            "else OUT/grading-secret)")
+    grade.add_argument("--practice", action="store_true",
+                       help="grade with the public inputs (no secret): not for credit, said in the CSV and feedback")
+    secret = sub.add_parser("secret", help="create the course secret OUT/grading-secret (once per course offering)")
+    secret.add_argument("--out", type=Path, required=True, help="the grading output folder (next to the gradebook)")
     check = sub.add_parser("check", help="students: run your notebook the way grading will (visible tests)")
     check.add_argument("notebook", type=Path)
     check.add_argument("--lab", help="lab name (default: the notebook's file name)")
@@ -43,11 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         from .grade import GradingRefused, grade_class
         try:
             grade_class(args.lab, args.submissions, args.out, args.course, jobs=args.jobs, force=args.force,
-                        unsafe=args.unsafe, progress=not args.quiet)
+                        unsafe=args.unsafe, progress=not args.quiet, practice=args.practice,
+                        secret_file=args.secret_file)
         except (GradingRefused, FileNotFoundError) as exc:
             print(f"autograder: {exc}", file=sys.stderr)
             return 2
         print(f"wrote {args.out / 'grades.csv'}, {args.out / 'feedback'}/, {args.out / 'gradebook.db'}")
+        return 0
+    if args.command == "secret":
+        from .secret import SecretProblem, write_secret
+        try:
+            path = write_secret(args.out)
+        except SecretProblem as exc:
+            print(f"autograder: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {path} (keep it out of the repository; `autograder grade ... --out {args.out}` reads it)")
         return 0
     from .check import check_notebook
     return check_notebook(args.notebook, args.course, args.lab, sandboxed=args.sandbox)

@@ -22,6 +22,7 @@ from .gradebook import write_gradebook
 from .notebook import build_plan, parse_notebook
 from .runner import Course, Lab, grade_submission
 from .sandbox import Limits, bwrap_problem
+from .secret import ENV_VAR, SecretProblem, find_secret
 from .submissions import Submission, discover, unpack_zip
 
 STATUSES = ("ok", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
@@ -52,14 +53,14 @@ _POOL_LAB: Lab | None = None
 _POOL_COURSE: Course | None = None
 
 
-def _pool_init(course_root: str, lab: str) -> None:
+def _pool_init(course_root: str, lab: str, secret: bytes | None = None, practice: bool = False) -> None:
     global _POOL_LAB, _POOL_COURSE
     os.environ["NBGRADER_EXECUTION"] = "autograde"
     os.environ.setdefault("MPLBACKEND", "Agg")
     import torch
     torch.set_num_threads(1)
     _POOL_COURSE = Course.load(course_root)
-    _POOL_LAB = Lab.load(_POOL_COURSE, lab)
+    _POOL_LAB = Lab.load(_POOL_COURSE, lab, secret, practice)
 
 
 def _pool_grade(student_id: str, path: str, mode: str, limits: Limits) -> tuple[str, dict]:
@@ -95,16 +96,35 @@ def choose_mode(unsafe: bool) -> str:
                          "student code unconfined (grades are then marked sandbox=unsafe).")
 
 
+def course_secret_for(out: Path, secret: bytes | None, secret_file: Path | None) -> bytes:
+    """The secret to grade with, or GradingRefused saying how to provide one (or to pass --practice)."""
+    try:
+        found = secret if secret is not None else find_secret(Path(out), secret_file)
+    except SecretProblem as exc:
+        raise GradingRefused(str(exc)) from None
+    if found is None:
+        raise GradingRefused(f"no course secret: the hidden checks would use the public inputs, which anyone can "
+                             f"look up. Create one with `autograder secret --out {out}` (or set ${ENV_VAR}, or pass "
+                             "--secret-file), or pass --practice to grade with the public inputs, not for credit.")
+    return found
+
+
 def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, jobs: int | None = None,
                 force: bool = False, unsafe: bool = False, limits: Limits = Limits(),
-                progress: bool = True) -> dict[str, dict]:
-    """Grade every submission of ``lab_name`` under ``submissions`` into ``out``; returns student -> result."""
+                progress: bool = True, secret: bytes | None = None, practice: bool = False,
+                secret_file: Path | None = None) -> dict[str, dict]:
+    """Grade every submission of ``lab_name`` under ``submissions`` into ``out``; returns student -> result.
+
+    The hidden checks' inputs come from the course secret (``secret``, else :func:`autograder.secret.find_secret`);
+    without one, grading is refused unless ``practice`` (public inputs, said in every result).
+    """
+    secret = None if practice else course_secret_for(out, secret, secret_file)
     mode = choose_mode(unsafe)
     bin_dir = str(Path(sys.executable).parent)  # nbgrader's Gradebook runs `alembic` from PATH
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     course = Course.load(course_root)
-    lab = Lab.load(course, lab_name)
+    lab = Lab.load(course, lab_name, secret, practice)
     fingerprint = lab.fingerprint()
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
@@ -169,7 +189,7 @@ def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode:
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
-                             initargs=(str(course.root), lab.name)) as pool:
+                             initargs=(str(course.root), lab.name, lab.secret, lab.practice)) as pool:
         futures = {pool.submit(_pool_grade, sub.student_id, str(sub.path), mode, limits): (sub, key)
                    for sub, key in todo}
         bar = tqdm(total=len(futures), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)

@@ -10,6 +10,8 @@ from pathlib import Path
 import nbformat
 from nbgrader.utils import compute_checksum
 
+from .scan import whole_job_uses, worker_reaches
+
 MAX_NOTEBOOK_BYTES = 50 << 20
 MAX_CELL_SOURCE = 200_000
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
@@ -203,8 +205,10 @@ def bound_names(source: str) -> set[str]:
 _IMPORT_TAMPERING = {"importlib", "__import__", "reload", "modules", "__builtins__", "builtins"}
 
 
-def scan_answers(answers: list[tuple[str, str, str]], protected: list[str]) -> list[str]:
-    """Static scan of answer cells: uses of protected reference functions or import machinery -> reasons."""
+def scan_answers(answers: list[tuple[str, str, str]], protected: list[str], contract=None,
+                 setup_sources: list[str] = ()) -> list[str]:
+    """Static scan of answer cells -> reasons: uses of protected reference functions or import machinery, library
+    calls that do a graded function's whole job (from the lab's contract), reaches into the worker's module."""
     reasons: list[str] = []
     targets = {dotted.rsplit(".", 1)[1]: dotted for dotted in protected}
     modules = {dotted.rsplit(".", 1)[0] for dotted in protected}
@@ -236,4 +240,4 @@ def scan_answers(answers: list[tuple[str, str, str]], protected: list[str]) -> l
                     isinstance(node.value, ast.Name) and node.value.id in ("sys", "importlib"):
                 found.add(f"uses {node.value.id}.{node.attr}")
         reasons.extend(f"cell {gid} {what}" for what in sorted(found))
-    return reasons
+    return reasons + whole_job_uses(answers, contract, setup_sources) + worker_reaches(answers)

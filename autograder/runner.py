@@ -25,10 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import secret as course_secret
+from . import student_build
 from . import wire
 from .checks import _api, add_checks_path, find_check_module
+from .contract import Contract, load_contract
 from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
-from .sandbox import BREACHES, Breach, Limits, Sandbox
+from .sandbox import BREACHES, Breach, Limits, Sandbox, course_package_dirs
 
 GRADER_VERSION = "1"
 STATUS_ORDER = ("invalid-notebook", "timeout", "memory", "crashed", "flagged", "tampered", "ok")
@@ -76,26 +79,33 @@ class Lab:
     released_bytes: bytes
     checks_bytes: bytes
     protected: list[str] = field(default_factory=list)
+    contract: Contract | None = None
+    #: The course secret keying the hidden checks' inputs (None: the public practice inputs).
+    secret: bytes | None = field(default=None, repr=False)
+    #: Say in every result that the public inputs were used (``autograder grade --practice``).
+    practice: bool = False
 
     @classmethod
-    def load(cls, course: Course, name: str) -> "Lab":
+    def load(cls, course: Course, name: str, secret: bytes | None = None, practice: bool = False) -> "Lab":
         course.activate()
         source, released = course.source_notebook(name), course.released_notebook(name)
         for path in (source, released):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; run `python -m autograder release {name}` first")
         module_file = find_check_module(name)
-        protected: list[str] = []
+        contract = load_contract(name) if module_file is not None else None
+        checks_bytes = b""
         if module_file is not None:
-            module = importlib.import_module(f"autograder.checks.{name}")
-            protected = list(getattr(module, "PROTECTED_REFERENCES", []))
-        return cls(name, source.read_bytes(), released.read_bytes(),
-                   module_file.read_bytes() if module_file else b"", protected)
+            importlib.import_module(f"autograder.checks.{name}")
+            checks_bytes = module_file.read_bytes() + contract.path.read_bytes()
+        return cls(name, source.read_bytes(), released.read_bytes(), checks_bytes,
+                   contract.protected if contract else [], contract, secret, practice)
 
     def fingerprint(self) -> str:
         """Hash of everything besides the submission that decides a grade."""
         digest = hashlib.sha256()
-        for part in (self.source_bytes, self.released_bytes, self.checks_bytes, _grader_source_bytes()):
+        for part in (self.source_bytes, self.released_bytes, self.checks_bytes, _grader_source_bytes(),
+                     course_secret.fingerprint(self.secret), b"practice" if self.practice else b""):
             digest.update(hashlib.sha256(part).digest())
         return digest.hexdigest()
 
@@ -161,11 +171,33 @@ class Proxy:
             value = wire.decode(reply.get("value"))
         except wire.WireError as exc:
             raise AssertionError(f"{self._name} returned a value the grader cannot accept: {exc}") from None
-        mutated = reply.get("mutated") or []
+        mutated = modified_arguments(payload, reply.get("echo"))
         if mutated:
             which = ", ".join(f"argument {m}" if isinstance(m, int) else f"argument {m!r}" for m in mutated[:5])
             raise AssertionError(f"{self._name} modified its input {which} in place; work on a copy instead")
         return value
+
+
+def modified_arguments(sent: dict, echo: Any) -> list[int | str]:
+    """Positions / names of the arguments whose echo from the sandbox differs from what the grader sent.
+
+    The comparison happens here, on the trusted side, on the wire encoding (exact bytes of every tensor), so
+    replacing anything inside the worker cannot hide an in-place edit; only forging the echo itself can (see the
+    instructor guide's trust model). Iterators are consumed by design and not compared. A missing or malformed
+    echo counts every argument as modified.
+    """
+    args, kwargs = sent["args"], sent["kwargs"]["items"]
+    if not isinstance(echo, dict) or not isinstance(echo.get("args"), list) or len(echo["args"]) != len(args) \
+            or not isinstance(echo.get("kwargs"), dict):
+        return [*range(len(args)), *kwargs]
+    changed: list[int | str] = [i for i, (a, e) in enumerate(zip(args, echo["args"], strict=True))
+                                if not _is_iterator(a) and a != e]
+    changed += [k for k, v in kwargs.items() if not _is_iterator(v) and echo["kwargs"].get(k) != v]
+    return changed
+
+
+def _is_iterator(encoded: Any) -> bool:
+    return isinstance(encoded, dict) and encoded.get(wire.TAG) == "iterator"
 
 
 # -- grading one submission ---------------------------------------------------------------------------
@@ -242,7 +274,10 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     if plan.tampered:
         statuses.append("tampered")
         reasons.append("edited locked/test cells (restored from the source): " + ", ".join(plan.tampered))
-    scan = scan_answers(plan.answers, lab.protected)
+    _api.use_draw_key(course_secret.draw_key(lab.secret, lab.name, plan.answers))
+    if lab.practice:
+        reasons.append(course_secret.PRACTICE_NOTE)
+    scan = scan_answers(plan.answers, lab.protected, lab.contract, plan.setup_sources)
     if scan:
         statuses.append("flagged")
         reasons.extend(scan)
@@ -284,7 +319,10 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
     cells: list[dict] = []
     events: list[str] = []
     breach: Breach | None = None
-    sandbox = Sandbox(mode, limits, list(sandbox_paths))
+    view = student_build.package_view(tuple(lab.protected), tuple(student_build.provided_names(plan.setup_sources)))
+    for path in [*course_package_dirs(), *sandbox_paths]:  # build before the submission's clock starts
+        view(Path(path).resolve())
+    sandbox = Sandbox(mode, limits, list(sandbox_paths), package_view=view)
     try:
         sandbox.send({"cells": plan.worker_cells, "protected": lab.protected, "sys_path": sandbox.sys_path()})
         ready = sandbox.receive(limits.wall_seconds)

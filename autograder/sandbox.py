@@ -100,20 +100,27 @@ def _mkdirs(cmd: list[str], path: Path, made: set[str]) -> None:
             made.add(str(parent))
 
 
-def bwrap_command(extra_paths: list[Path], uid: int, limits: Limits) -> list[str]:
-    """The full bwrap command line running the worker (Python from this interpreter)."""
+def bwrap_command(extra_paths: list[Path], uid: int, limits: Limits, package_view=None) -> list[str]:
+    """The full bwrap command line running the worker (Python from this interpreter).
+
+    ``package_view(path) -> path`` (from :mod:`autograder.student_build`) swaps each course package for its
+    answer-free copy, mounted where the original would be.
+    """
+    view = package_view or (lambda path: path)
     cmd = _bwrap_prefix(limits.scratch_bytes)
     made: set[str] = set()
-    binds = [*_python_roots(), *course_package_dirs()]
-    for path in binds:
+    for path in _python_roots():
         _mkdirs(cmd, path, made)
         cmd += ["--ro-bind", str(path), str(path)]
+    for path in course_package_dirs():
+        _mkdirs(cmd, path, made)
+        cmd += ["--ro-bind", str(view(path)), str(path)]
     _mkdirs(cmd, Path(SANDBOX_GRADER_DIR) / "x", made)
     for file in WORKER_FILES:
         cmd += ["--ro-bind", str(file), f"{SANDBOX_GRADER_DIR}/{file.name}"]
     for index, path in enumerate(extra_paths):
         _mkdirs(cmd, Path(f"/opt/packages/{index}"), made)
-        cmd += ["--ro-bind", str(Path(path).resolve()), f"/opt/packages/{index}"]
+        cmd += ["--ro-bind", str(view(Path(path).resolve())), f"/opt/packages/{index}"]
     env = {"PATH": "/usr/bin:/bin", "HOME": "/scratch", "TMPDIR": "/tmp", "NBGRADER_EXECUTION": "autograde",
            "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
@@ -123,8 +130,19 @@ def bwrap_command(extra_paths: list[Path], uid: int, limits: Limits) -> list[str
     if os.geteuid() == 0:
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "/usr/bin/setpriv",
                 f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
-    python = str(Path(sys.executable))
-    return cmd + [python, "-I", f"{SANDBOX_GRADER_DIR}/sandbox_worker.py"]
+    return cmd + [str(sandbox_python()), "-I", f"{SANDBOX_GRADER_DIR}/sandbox_worker.py"]
+
+
+def sandbox_python() -> Path:
+    """This interpreter as seen inside the sandbox, where only the *resolved* prefixes are mounted (a venv
+    reached through a symlink, e.g. a worktree's ``.venv``, would otherwise be missing: exit code 127)."""
+    executable = Path(sys.executable)
+    for prefix in (sys.prefix, sys.exec_prefix, sys.base_prefix):
+        try:
+            return Path(prefix).resolve() / executable.relative_to(prefix)
+        except ValueError:
+            continue
+    return executable.resolve()
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,8 +175,8 @@ def _limit_resources(limits: Limits, limit_processes: bool = True) -> None:
 class Sandbox:
     """One worker process for one submission. ``mode`` is "bwrap" or "unsafe"."""
 
-    def __init__(self, mode: str, limits: Limits, extra_paths: list[Path] | None = None) -> None:
-        self.mode, self.limits = mode, limits
+    def __init__(self, mode: str, limits: Limits, extra_paths: list[Path] | None = None, package_view=None) -> None:
+        self.mode, self.limits, self.package_view = mode, limits, package_view
         self.extra_paths = [Path(p) for p in (extra_paths or [])]
         self.deadline = time.monotonic() + limits.wall_seconds
         self.stderr_file = tempfile.TemporaryFile()
@@ -175,7 +193,7 @@ class Sandbox:
         limits = self.limits
         if self.mode == "bwrap":
             uid = self.uid = 100_000 + os.getpid() % 50_000  # one uid per grading process: NPROC counts per uid
-            cmd, cwd, env = bwrap_command(self.extra_paths, uid, limits), "/", {}
+            cmd, cwd, env = bwrap_command(self.extra_paths, uid, limits, self.package_view), "/", {}
         else:
             self._scratch = tempfile.TemporaryDirectory(prefix="lowbit-unsafe-")
             cwd = self._scratch.name
@@ -192,9 +210,13 @@ class Sandbox:
                                 cwd=cwd, env=env, preexec_fn=preexec, start_new_session=True)
 
     def sys_path(self) -> list[str]:
+        # Course packages come first, from where they are mounted (bwrap) or their answer-free copy (unsafe).
         if self.mode == "bwrap":
-            return [f"/opt/packages/{i}" for i in range(len(self.extra_paths))]
-        return [str(p.resolve()) for p in self.extra_paths]
+            course = [str(p.parent) for p in course_package_dirs()] if self.package_view else []
+            return course + [f"/opt/packages/{i}" for i in range(len(self.extra_paths))]
+        view = self.package_view or (lambda path: path)
+        course = [str(view(p).parent) for p in course_package_dirs()] if self.package_view else []
+        return course + [str(view(p.resolve())) for p in self.extra_paths]
 
     # -- protocol -------------------------------------------------------------------------------------
     def send(self, message: dict) -> None:

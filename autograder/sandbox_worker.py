@@ -8,7 +8,9 @@ Protocol (JSON lines): the grader writes requests to our stdin and reads replies
 start (fd 1 is re-pointed to /dev/null before student code runs, so ``print`` cannot reach the grader).
   init  {"cells": [{"key", "source"}], "protected": [dotted names], "sys_path": [...]}
         -> {"event": "ready", "cells": [{"key", "ok", "error"}], "names": {name: "callable"|"value"}}
-  call  {"id", "op": "call", "name", "args", "kwargs"} -> {"id", "ok", "value"|"error", "mutated"}
+  call  {"id", "op": "call", "name", "args", "kwargs"} -> {"id", "ok", "value"|"error", "echo"}
+        "echo": {"args", "kwargs"}: every argument encoded again after the call; the grader compares it with
+        what it sent (in-place edits are judged on the trusted side; an argument that no longer encodes is null)
   get   {"id", "op": "get", "name"} -> {"id", "ok", "value"|"error"}
   exit  {"op": "exit"}
 Every reply carries "tripwire": protected references called since the previous reply.
@@ -18,13 +20,11 @@ from __future__ import annotations
 import builtins
 import importlib
 import io
-import json
 import linecache
 import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wire  # noqa: E402
@@ -121,11 +121,12 @@ def run_cells(cells: list[dict], namespace: dict) -> tuple[list[dict], dict[str,
     return results, {k: v for k, v in defined.items() if k in namespace}
 
 
-def snapshot(value) -> str | None:
-    """Serialized argument to detect in-place edits; None for iterators (consumed by design)."""
-    if isinstance(value, Iterator):
+def echo(value):
+    """``value`` encoded again after the call (None if it no longer can be), for the grader's in-place check."""
+    try:
+        return wire.encode(value)
+    except Exception:  # noqa: BLE001 - the student's code may have put anything into a list argument
         return None
-    return json.dumps(wire.encode(value), sort_keys=True)
 
 
 def serve(request: dict, namespace: dict) -> dict:
@@ -138,17 +139,14 @@ def serve(request: dict, namespace: dict) -> dict:
             return {"ok": True, "value": wire.encode(namespace[name])}
         args = wire.decode(request.get("args", []))
         kwargs = wire.decode(request.get("kwargs", {}))
-        before = [snapshot(a) for a in args]
-        before_kw = {k: snapshot(v) for k, v in kwargs.items()}
         value = namespace[name](*args, **kwargs)
-        mutated = [i for i, a in enumerate(args) if before[i] is not None and snapshot(a) != before[i]]
-        mutated += [k for k, v in kwargs.items() if before_kw[k] is not None and snapshot(v) != before_kw[k]]
+        echoed = {"args": [echo(a) for a in args], "kwargs": {k: echo(v) for k, v in kwargs.items()}}
         try:
             encoded = wire.encode(value)
         except wire.WireError as exc:
             return {"ok": False, "error": {"type": "TypeError", "builtin": True, "traceback": "", "memory": False,
                                            "message": f"{name} returned a value the grader cannot accept: {exc}"}}
-        return {"ok": True, "value": encoded, "mutated": mutated}
+        return {"ok": True, "value": encoded, "echo": echoed}
     except BaseException as exc:  # noqa: BLE001
         return {"ok": False, "error": describe_error(exc)}
 

@@ -128,6 +128,29 @@ def _attacks(lab, tmp: Path, listener: Listener) -> dict[str, bytes]:
             "import importlib, fixref\n"
             "importlib.reload(fixref)\n"
             "def quantize_symmetric(x, scale, bits):\n    return fixref.quantize_symmetric(x, scale, bits)\n")),
+        "rebuilds_reference_from_its_source_file": submission(lab, quantize_symmetric=(
+            "import fixref as _package\n"
+            "_copy = {}\n"
+            "exec(compile(open(_package.__file__).read(), 'copy', 'exec'), _copy)\n"
+            "def quantize_symmetric(x, scale, bits):\n    return _copy['quantize_symmetric'](x, scale, bits)\n")),
+        "rebuilds_reference_from_its_code_object": submission(lab, quantize_symmetric=(
+            "import fixref as _package\n"  # the module's own code object, from its loader: fresh, untripwired functions
+            "_fresh = {'__name__': 'copy'}\n"
+            "exec(_package.__spec__.loader.get_code(_package.__name__), _fresh)\n"
+            "quantize_symmetric = _fresh['quantize' + '_symmetric']\n")),
+        "in_place_with_the_detector_replaced": submission(lab, quantize_symmetric=(
+            "import sys\n"
+            "_worker = sys.modules['__main__']\n"
+            "for _name in ('snapshot', 'echo'):\n"
+            "    if hasattr(_worker, _name):\n"
+            "        setattr(_worker, _name, lambda value: None)\n"
+            "def quantize_symmetric(x, scale, bits):\n"
+            "    q_min, q_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1\n"
+            "    return torch.clamp(torch.round(x.div_(scale)), q_min, q_max).to(torch.int8)\n")),
+        "whole_job_library_call": submission(lab, quantize_symmetric=(
+            "def quantize_symmetric(x, scale, bits):\n"
+            "    q = torch.quantize_per_tensor(x, float(scale), 0, torch.qint8).int_repr()\n"
+            "    return q.clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)\n")),
         "os_exit": submission(lab, dequantize="import os\ndef dequantize(q, scale):\n    os._exit(0)\n"),
         "segfault": submission(lab, dequantize="import ctypes\ndef dequantize(q, scale):\n    return ctypes.string_at(0)\n"),
         "malformed_json": b'{"cells": [ {"cell_type": "code"',
@@ -253,6 +276,28 @@ def test_reloading_the_reference_is_flagged(graded):
     result = row(graded, "reloads_protected_reference")
     assert result["status"] == "flagged"
     assert any("importlib" in reason for reason in result["reasons"])
+
+
+@pytest.mark.parametrize("student", ["rebuilds_reference_from_its_source_file",
+                                     "rebuilds_reference_from_its_code_object"])
+def test_the_reference_cannot_be_rebuilt_from_the_sandboxed_package(graded, student):
+    """The sandbox's package has the answers removed: its source file and its code objects hold no reference."""
+    assert cell(graded, student, "test_quantize_symmetric")["score"] == 0
+    assert any("not available while grading" in check["message"]
+               for check in cell(graded, student, "test_quantize_symmetric")["checks"])
+
+
+def test_replacing_the_workers_in_place_detector_hides_nothing(graded):
+    result = row(graded, "in_place_with_the_detector_replaced")
+    target = cell(graded, "in_place_with_the_detector_replaced", "test_quantize_symmetric")
+    assert target["score"] == 0 and "in place" in target["message"]
+    assert result["status"] == "flagged" and any("__main__" in reason for reason in result["reasons"])
+
+
+def test_library_call_doing_the_whole_job_is_flagged_with_its_line(graded):
+    result = row(graded, "whole_job_library_call")
+    assert result["status"] == "flagged"
+    assert any("line 2 uses torch.quantize_per_tensor" in r and "quantize_symmetric" in r for r in result["reasons"])
 
 
 @pytest.mark.parametrize("student", ["os_exit", "segfault"])

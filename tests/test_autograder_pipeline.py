@@ -206,7 +206,7 @@ def test_feedback_names_checks_but_never_shows_hidden_code(parallel_run):
     assert "torch.floor" in html                                       # the student's own answer
     assert "assert q.dtype == torch.int8" in html                      # visible test source is public
     for secret in ("check_quantize_symmetric(quantize_symmetric)", "from autograder.checks", "HIDDEN TESTS",
-                   "ref_quantize", "fixref"):
+                   'REF["quantize_symmetric"]', "fixref"):
         assert secret in hidden_source or secret in (FIXTURE_COURSE / "checks" / "fixture_lab.py").read_text()
         assert secret not in html
 

@@ -1,35 +1,131 @@
 """The small API hidden checks are written with (trusted side only).
 
     suite = CheckSuite("linear_quantize")
+    x = suite.draw.normal(suite.draw.integer(50, 150))       # inputs drawn from the course secret
     with suite.check("rounds ties to even", hint="torch.round rounds half to even"):
-        expect_exact(f(x, 8), reference(x, 8), inputs={"x": x, "bits": 8})
+        x = suite.draw.mix(torch.tensor([-2.5, 0.5, 1.5]), x)  # hand-picked edge values among drawn ones
+        expect_equal(f(x, 1.0, 0, 8), reference(x, 1.0, 0, 8), "linear_quantize", inputs={"r": x, "bits": 8})
     suite.finish()   # AssertionError listing every failed named check
 
 Every named check runs (a failure does not hide the next ones) and its outcome is recorded in
 :data:`RECORDER`, which the grader turns into per-student feedback (name, message, hint — never the code).
-Messages say input / expected / got. Exceptions raised by the student's function (they arrive as
-``StudentError`` subclasses of the matching builtin type) count as a failed check with their message.
+Messages show the input (small tensors in full, large ones summarised), the expected and the returned values
+at the first differing positions, and the hint; ``what`` and the keys of ``inputs`` must be names the student
+sees (the parameter names of their own function), never the check's local variables.
+
+**Inputs the student cannot know in advance.** ``suite.draw`` is the one source of randomness a check may
+use: a :class:`Draws` keyed by the submission's draw key (HMAC of the course secret and the submission's
+answer cells, set by the grader through :func:`use_draw_key` before the test cells run; the public practice
+key otherwise) and the suite's name. The same submission always meets the same inputs; an edited one meets
+new ones. Exceptions raised by the student's function (they arrive as ``StudentError`` subclasses of the
+matching builtin type) count as a failed check with their message.
+
+Comparison vocabulary shared with :mod:`lowbit.testing`: ``(got, expected, what, *, rtol, atol, inputs)``
+with the tolerances keyword-only, and one :func:`describe`.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from autograder.secret import PRACTICE_KEY
+from lowbit.testing import describe
+
 #: Outcomes of every named check since the grader last cleared it: dicts suite/name/passed/message/hint.
 RECORDER: list[dict] = []
-MAX_REPR = 300
+#: How many differing positions a failure message lists.
+SHOWN_DIFFERENCES = 3
+_DRAW_KEY: list[bytes] = [PRACTICE_KEY]
+
+
+def use_draw_key(key: bytes) -> None:
+    """Key every :class:`Draws` created from now on (the grader calls this once per submission)."""
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise ValueError("the draw key must be at least 16 bytes (see autograder.secret.draw_key)")
+    _DRAW_KEY[0] = key
+
+
+def current_draw_key() -> bytes:
+    return _DRAW_KEY[0]
+
+
+class Draws:
+    """Every random input of one suite: one ``torch.Generator`` keyed by the draw key and the suite's name.
+
+    Each method advances the same generator, so a check's inputs depend on the key and on the order of
+    draws only. Methods return plain Python values or float32 tensors unless told otherwise.
+    """
+
+    def __init__(self, label: str) -> None:
+        seed = int.from_bytes(hmac.new(current_draw_key(), label.encode(), hashlib.sha256).digest()[:8], "big")
+        self.generator = torch.Generator().manual_seed(seed >> 1)
+
+    def integer(self, low: int, high: int) -> int:
+        """A uniform integer in [low, high] (both included)."""
+        if high < low:
+            raise ValueError(f"empty integer range [{low}, {high}]")
+        return int(torch.randint(low, high + 1, (1,), generator=self.generator))
+
+    def uniform(self, low: float, high: float) -> float:
+        """A uniform float in [low, high)."""
+        return low + (high - low) * float(torch.rand((), generator=self.generator, dtype=torch.float64))
+
+    def choice(self, options: Sequence) -> Any:
+        """One of ``options``."""
+        return options[self.integer(0, len(options) - 1)]
+
+    def sample(self, options: Sequence, k: int) -> list:
+        """``k`` distinct items of ``options``, in drawn order."""
+        order = torch.randperm(len(options), generator=self.generator)[:k]
+        return [options[int(i)] for i in order]
+
+    def normal(self, *shape: int, std: float = 1.0, mean: float = 0.0) -> torch.Tensor:
+        """float32 tensor of ``shape`` with N(mean, std^2) elements."""
+        return torch.randn(*shape, generator=self.generator) * std + mean
+
+    def rand(self, *shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        """float32 tensor of ``shape``, uniform in [low, high)."""
+        return torch.rand(*shape, generator=self.generator) * (high - low) + low
+
+    def randint(self, low: int, high: int, shape: tuple[int, ...], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """Integer tensor of ``shape`` uniform in [low, high) cast to ``dtype``."""
+        return torch.randint(low, high, shape, generator=self.generator).to(dtype)
+
+    def heavy_tailed(self, n: int) -> torch.Tensor:
+        """Laplace-like weights with a few outliers, like a real layer (float32 [n])."""
+        x = torch.randn(n, generator=self.generator) * torch.rand(n, generator=self.generator).pow(2) * 0.2
+        x[self.integer(0, max(n // 50, 1) - 1):: max(n // 50, 1)] *= 4
+        return x
+
+    def permutation(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator)
+
+    def mix(self, edge: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+        """The hand-picked ``edge`` values and the ``drawn`` ones (both 1-D), shuffled together.
+
+        Edge cases keep their values (ties, constants, limits) but no longer make up the whole input, so a table
+        of the public cases does not cover a check.
+        """
+        both = torch.cat([edge.reshape(-1).to(drawn.dtype), drawn.reshape(-1)])
+        return both[self.permutation(both.numel())]
 
 
 class CheckSuite:
     """Named checks for one graded function; :meth:`finish` fails if any of them failed."""
 
-    def __init__(self, function: str) -> None:
+    def __init__(self, function: str, contract: Any = None) -> None:
         self.function = function
+        #: The student's parameter names (from the lab's contract), used to label inputs in messages.
+        self.parameters: list[str] = contract.graded[function].parameters if contract is not None else []
         self.failures: list[str] = []
         self.count = 0
+        #: This suite's random inputs (see :class:`Draws`).
+        self.draw = Draws(function)
 
     @contextlib.contextmanager
     def check(self, name: str, hint: str = "") -> Iterator[None]:
@@ -45,33 +141,28 @@ class CheckSuite:
         else:
             RECORDER.append({"suite": self.function, "name": name, "passed": True, "message": "", "hint": ""})
 
+    def label(self, *args: Any, **kwargs: Any) -> tuple[str, dict]:
+        """("f(r, scale=0.05, bits=8)", {"r": tensor}): a call as the student wrote their signature.
+
+        Tensor (and list) arguments are named in the call and shown as inputs (in full when small, summarised
+        when large); other arguments are written inline.
+        """
+        names = [self.parameters[i] if i < len(self.parameters) else f"argument {i}" for i in range(len(args))]
+        parts, inputs = [], {}
+        for name, value in [*zip(names, args), *kwargs.items()]:
+            if isinstance(value, (torch.Tensor, list, tuple)) and not isinstance(value, str):
+                parts.append(name)
+                inputs[name] = value
+            else:
+                parts.append(f"{name}={value!r}")
+        return f"{self.function}({', '.join(parts)})", inputs
+
     def finish(self) -> None:
         """Raise AssertionError naming every failed check (call once, after all checks)."""
         if self.failures:
             listing = "\n".join(f"  - {failure}" for failure in self.failures)
             raise AssertionError(f"{self.function}: {len(self.failures)} of {self.count} hidden checks "
                                  f"failed:\n{listing}")
-
-
-def describe(value: Any) -> str:
-    """Short human-readable form of a value for messages (tensors: dtype, shape and values)."""
-    if isinstance(value, torch.Tensor):
-        with _short_printing():
-            body = repr(value.detach())
-        text = f"{body} (dtype {str(value.dtype).removeprefix('torch.')}, shape {tuple(value.shape)})"
-    else:
-        text = repr(value)
-    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
-
-
-@contextlib.contextmanager
-def _short_printing() -> Iterator[None]:
-    old = torch._tensor_str.PRINT_OPTS.__dict__.copy()
-    torch.set_printoptions(threshold=12, edgeitems=3, precision=5)
-    try:
-        yield
-    finally:
-        torch.set_printoptions(**{k: old[k] for k in ("threshold", "edgeitems", "precision", "linewidth")})
 
 
 def _label(what: str, inputs: dict | None) -> str:
@@ -81,6 +172,27 @@ def _label(what: str, inputs: dict | None) -> str:
     return text
 
 
+def _mismatch(label: str, expected: Any, got: Any, extra: str = "") -> AssertionError:
+    return AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}" +
+                          (f"\n  {extra}" if extra else ""))
+
+
+def _differences(bad: torch.Tensor, got: torch.Tensor, expected: torch.Tensor, inputs: dict | None) -> str:
+    """The first differing positions: index, each same-shaped input's value there, expected, got."""
+    where = bad.nonzero()
+    lines = [f"{len(where)} of {expected.numel()} elements differ; first at:"]
+    aligned = {k: v for k, v in (inputs or {}).items() if isinstance(v, torch.Tensor) and v.shape == expected.shape}
+    for row in where[:SHOWN_DIFFERENCES].tolist():
+        index = tuple(row)
+        at = "".join(f"{k}={v[index].item():.7g}, " for k, v in aligned.items())
+        lines.append(f"    index {index}: {at}expected {expected[index].item():.7g}, got {got[index].item():.7g}")
+    return "\n".join(lines)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (tuple, list))
+
+
 def expect_tensor(got: Any, what: str = "result") -> torch.Tensor:
     """Assert ``got`` is a torch.Tensor; returns it."""
     if not isinstance(got, torch.Tensor):
@@ -88,14 +200,14 @@ def expect_tensor(got: Any, what: str = "result") -> torch.Tensor:
     return got
 
 
-def expect_dtype(got: Any, dtype: torch.dtype, what: str = "result", inputs: dict | None = None) -> None:
+def expect_dtype(got: Any, dtype: torch.dtype, what: str = "result", *, inputs: dict | None = None) -> None:
     """Assert ``got`` is a tensor of exactly ``dtype``."""
     expect_tensor(got, _label(what, inputs))
     if got.dtype != dtype:
         raise AssertionError(f"{_label(what, inputs)}: expected dtype {dtype}, got {got.dtype}")
 
 
-def expect_shape(got: Any, shape: tuple[int, ...] | torch.Size, what: str = "result",
+def expect_shape(got: Any, shape: tuple[int, ...] | torch.Size, what: str = "result", *,
                  inputs: dict | None = None) -> None:
     """Assert ``got`` is a tensor of exactly ``shape``."""
     expect_tensor(got, _label(what, inputs))
@@ -103,60 +215,65 @@ def expect_shape(got: Any, shape: tuple[int, ...] | torch.Size, what: str = "res
         raise AssertionError(f"{_label(what, inputs)}: expected shape {tuple(shape)}, got {tuple(got.shape)}")
 
 
-def expect_equal(got: Any, expected: Any, what: str = "result", inputs: dict | None = None) -> None:
+def expect_length(got: Any, length: int, what: str = "result", *, inputs: dict | None = None) -> None:
+    """Assert ``got`` is a tuple or list of exactly ``length`` items (never compare sequences by ``zip``)."""
+    if not _is_sequence(got) or len(got) != length:
+        raise AssertionError(f"{_label(what, inputs)}:\n  expected a tuple of {length} values\n"
+                             f"  got      {describe(got)}")
+
+
+def expect_equal(got: Any, expected: Any, what: str = "result", *, inputs: dict | None = None) -> None:
     """Exact comparison. Tensors (integer codes, masks): same dtype, same shape, every element equal.
-    Python values: equal, element by element for tuples/lists."""
+    Python values: equal and of the same kind (a bool is not an int); tuples/lists: same length, item by item."""
     label = _label(what, inputs)
     if isinstance(expected, torch.Tensor):
-        expect_dtype(got, expected.dtype, what, inputs)
-        expect_shape(got, expected.shape, what, inputs)
+        expect_dtype(got, expected.dtype, what, inputs=inputs)
+        expect_shape(got, expected.shape, what, inputs=inputs)
         if not torch.equal(got, expected):
-            wrong = (got != expected).nonzero()
-            first = tuple(wrong[0].tolist()) if len(wrong) else ()
-            raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}\n"
-                                 f"  {len(wrong)} of {expected.numel()} elements differ (first at index {first})")
+            raise _mismatch(label, expected, got, _differences(got != expected, got, expected, inputs))
         return
-    if isinstance(expected, (tuple, list)):
-        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}")
-        for index, (g, e) in enumerate(zip(got, expected)):
-            expect_equal(g, e, f"{what}[{index}]", inputs)
+    if _is_sequence(expected):
+        expect_length(got, len(expected), what, inputs=inputs)
+        for index, (g, e) in enumerate(zip(got, expected, strict=True)):
+            expect_equal(g, e, f"{what}[{index}]", inputs=inputs)
         return
-    if isinstance(got, torch.Tensor) or got != expected:
-        raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}")
+    if isinstance(got, torch.Tensor) or isinstance(got, bool) != isinstance(expected, bool) or got != expected:
+        raise _mismatch(label, expected, got)
 
 
 #: Kept for readability in checks of integer codes.
 expect_exact = expect_equal
 
 
-def expect_close(got: Any, expected: Any, what: str = "result", atol: float = 0.0, rtol: float = 0.0,
+def expect_close(got: Any, expected: Any, what: str = "result", *, rtol: float = 0.0, atol: float = 0.0,
                  inputs: dict | None = None) -> None:
     """Float comparison with a stated tolerance: |got - expected| <= atol + rtol * |expected|, elementwise.
 
     Tensors must have the expected shape (check the dtype separately with :func:`expect_dtype`); numbers and
-    tuples/lists of numbers are compared element by element. NaN matches NaN.
+    tuples/lists of numbers are compared item by item after their lengths. NaN matches NaN.
     """
     label = _label(what, inputs)
-    if isinstance(expected, (tuple, list)) and not isinstance(got, torch.Tensor):
-        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}")
-        for index, (g, e) in enumerate(zip(got, expected)):
-            expect_close(g, e, f"{what}[{index}]", atol, rtol, inputs)
+    if _is_sequence(expected) and not isinstance(got, torch.Tensor):
+        expect_length(got, len(expected), what, inputs=inputs)
+        for index, (g, e) in enumerate(zip(got, expected, strict=True)):
+            expect_close(g, e, f"{what}[{index}]", rtol=rtol, atol=atol, inputs=inputs)
         return
     if isinstance(expected, torch.Tensor):
         expect_tensor(got, label)
-        expect_shape(got, expected.shape, what, inputs)
+        expect_shape(got, expected.shape, what, inputs=inputs)
         g, e = got.detach().to(torch.float64), expected.detach().to(torch.float64)
     else:
         if isinstance(got, bool) or not isinstance(got, (int, float)) and not \
                 (isinstance(got, torch.Tensor) and got.numel() == 1):
             raise AssertionError(f"{label}: expected a number close to {expected!r}, got {describe(got)}")
         g, e = torch.tensor(float(got), dtype=torch.float64), torch.tensor(float(expected), dtype=torch.float64)
-    if not torch.allclose(g, e, atol=atol, rtol=rtol, equal_nan=True):
-        diff = (g - e).abs().nan_to_num(math.inf).max().item() if g.numel() else 0.0
-        raise AssertionError(f"{label}:\n  expected {describe(expected)}\n  got      {describe(got)}\n"
-                             f"  max |difference| = {diff:.3g} exceeds the tolerance atol={atol:g}, rtol={rtol:g}")
+    close = torch.isclose(g, e, atol=atol, rtol=rtol, equal_nan=True)
+    if not bool(close.all()):
+        diff = (g - e).abs().nan_to_num(math.inf).max().item()
+        detail = f"max |difference| = {diff:.3g} exceeds the tolerance atol={atol:g}, rtol={rtol:g}"
+        if g.ndim:
+            detail += "\n  " + _differences(~close, g, e, inputs)
+        raise _mismatch(label, expected, got, detail)
 
 
 def expect_raises(exc_type: type[BaseException] | tuple[type[BaseException], ...], fn: Callable, *args: Any,
@@ -192,21 +309,7 @@ def expect_unchanged(fn: Callable, *args: Any, what: str, **kwargs: Any) -> Any:
     inputs = _tensors_in(args)
     before = [tensor.clone() for tensor in inputs]
     result = fn(*args, **kwargs)
-    for index, (kept, now) in enumerate(zip(before, inputs)):
+    for index, (kept, now) in enumerate(zip(before, inputs, strict=True)):
         if not torch.equal(kept, now):
             raise AssertionError(f"{what} modified its input {index} in place; work on a copy instead")
     return result
-
-
-# ------------------------------------------------------------------------------------ test data makers
-def generator(seed: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with ``seed``: every random input of a check comes from one."""
-    return torch.Generator().manual_seed(seed)
-
-
-def heavy_tailed(n: int, seed: int) -> torch.Tensor:
-    """Laplace-like weights with a few outliers, like a real layer (float32 [n], deterministic)."""
-    g = generator(seed)
-    x = torch.randn(n, generator=g) * torch.rand(n, generator=g).pow(2) * 0.2
-    x[:: max(n // 50, 1)] *= 4
-    return x

@@ -273,3 +273,9 @@ def test_a_per_channel_lsq_quantizer_has_its_final_step_before_any_forward_pass(
     step = unprepared.prepare(w).step
     out = unprepared(w)
     assert unprepared.step is step and torch.equal(out, prepared(w))
+
+
+def test_alpha_penalty_is_the_l2_term_over_every_pact_alpha():
+    qat = Q.prepare_qat(small_cnn(), w_bits=4, a_bits=4, activation="pact", pact_alpha=3.0)
+    assert Q.alpha_penalty(qat, weight=0.5).item() == pytest.approx(0.5 * 9.0)
+    assert float(Q.alpha_penalty(small_cnn())) == 0.0

@@ -116,3 +116,23 @@ def test_cli_writes_checkpoint_and_record_deterministically(tmp_path, capsys):
     assert record["torch_version"] == torch.__version__ and 0.5 < record["accuracy_embedded_test"] <= 1.0
     first, second = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_train_hooks_extra_loss_before_and_after_step_and_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    running_mean = model[2].running_mean.clone()
+    plain = train(model, small_loader(), lr=0.0, device="cpu", progress=False, max_batches=3, mode="eval",
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
+    assert torch.equal(model[2].running_mean, running_mean) and not model.training, "eval mode: BN frozen"
+    calls = []
+    penalised = train(model, small_loader(), device="cpu", progress=False, max_batches=3, mode="eval",
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                      extra_loss=lambda m: 2.0 * torch.ones(()),
+                      before_step=lambda m: calls.append(("before", m[1].weight.grad is not None)),
+                      after_step=[lambda m, step, loss: calls.append(("after", step, round(loss, 4)))])
+    assert penalised == pytest.approx([loss + 2.0 for loss in plain]), "extra terms are added to the loss"
+    assert calls[:2] == [("before", True), ("after", 0, round(penalised[0], 4))], "before: gradients exist"
+    assert len(calls) == 6
+    with pytest.raises(ValueError, match="mode"):
+        train(model, small_loader(), device="cpu", progress=False, mode="frozen")

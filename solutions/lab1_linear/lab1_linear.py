@@ -309,9 +309,19 @@ for bits in BIT_WIDTHS:
 # ## Part 2 — Granularity: how many scales?
 #
 # One scale per tensor is cheap, but a single large channel then sets the step for every channel. The box
-# plot below shows each output channel's weight range in the course CNN: ranges differ several-fold between
-# channels of the same layer, so small channels get only a few levels (Krishnamoorthi, 2018; Nagel et al.,
-# 2019, *Data-Free Quantization Through Weight Equalization and Bias Correction*).
+# plot below shows each output channel's weight range $\max_i |W_{c,i}|$ in the course CNN, and under each
+# layer how far its largest channel range is from its smallest (Krishnamoorthi, 2018; Nagel et al., 2019,
+# *Data-Free Quantization Through Weight Equalization and Bias Correction*).
+#
+# *Blue: the weights as trained.* Within a layer the ranges differ by only 1.6–2.5×: BatchNorm after each
+# conv rescales every channel anyway, so training had no reason to spread them.
+#
+# *Orange: with BatchNorm folded in*, the weights a deployed network actually quantizes (Part 4 folds the
+# same way). Folding replaces conv + BN by one conv with $W'_c = \frac{\gamma_c}{\sqrt{\sigma_c^2 +
+# \varepsilon}}\, W_c$: each output channel is multiplied by its own BN factor, and those factors differ from
+# channel to channel (in `bn1` by 10.7×, from 0.57 to 6.2), so the spreads multiply. conv1 goes from 2.5× to
+# **11.8×**, conv2 and conv3 to about 3.4×; `fc` has no BatchNorm and stays at 1.6×. With one scale for
+# conv1, its smallest channels get about one level in twelve of the grid.
 #
 # - **Per channel**: one symmetric scale per output channel $c$, $S_c = \max_i |W_{c,i}| / q_{\max}$. The
 #   integer matmul stays cheap because each output row is rescaled by its own $S_c$ once (Part 4).
@@ -324,7 +334,7 @@ for bits in BIT_WIDTHS:
 #   Formats for Deep Learning*) share one power-of-two scale (8-bit exponent) per block of 32.
 
 # %% nbgrader={"grade": false, "grade_id": "part2_boxplot", "locked": true, "schema_version": 3, "solution": false, "task": false}
-viz.linear.channel_range_boxplot(model)
+viz.linear.channel_range_boxplot({"as trained": model, "BatchNorm folded": lowbit.models.fold_batchnorm(model)})
 
 # %% nbgrader={"grade": false, "grade_id": "per_channel_qparams", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def per_channel_qparams(w: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
@@ -864,8 +874,10 @@ for name, bits, accuracy in rows:
 # %% [markdown] nbgrader={"grade": true, "grade_id": "q1_answer", "locked": false, "points": 4, "schema_version": 3, "solution": true, "task": false}
 # With one scale per tensor the step is set by the channel with the largest |w|. Channels whose weights span a
 # range several times smaller then use only a few of the 15 levels — many of their weights round to 0 — so their
-# outputs are mostly noise. Per-channel scales give each channel all levels; the box plot shows ranges differing
-# by up to ~10× within conv1/conv2, which is the gap seen in the W4 rows.
+# outputs are mostly noise. Per-channel scales give each channel all levels. The box plot shows why the gap is
+# large once BatchNorm is folded: folding multiplies each channel by its own γ/√(σ²+ε), so conv1's channel
+# ranges differ by 11.8× (2.5× as trained) and conv2/conv3's by about 3.4× (2.1–2.3×); conv1's smallest
+# channels then get about one level of the 4-bit grid in each direction.
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "q2_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # **Q2 (5 points).** In the clipping widget at 4 bits, order min-max, percentile, MSE and KL by the total error

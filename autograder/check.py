@@ -13,6 +13,10 @@ from pathlib import Path
 from .runner import Course, Lab, grade_submission
 from .sandbox import Limits, bwrap_problem
 
+NOT_A_GRADE = ("Your grade is not known yet: hidden checks decide it, on more cases than the visible tests "
+               "(other dtypes, shapes and axes, ties, edge ranges), and a function can pass every visible test "
+               "and still lose points there. Written answers are graded by hand.")
+
 
 def check_notebook(notebook: Path, course_root: Path, lab_name: str | None = None, sandboxed: bool = False) -> int:
     """Print which visible tests pass; returns 0 when all pass, 1 otherwise, 2 on unusable input."""
@@ -42,5 +46,5 @@ def check_notebook(notebook: Path, course_root: Path, lab_name: str | None = Non
             print("      " + cell["message"].strip().replace("\n", "\n      ")[:1500])
     left = [c["grade_id"] for c in result["cells"] if not c["passed"]]
     print(f"{len(result['cells']) - len(left)} of {len(result['cells'])} visible tests pass "
-          f"({time.perf_counter() - start:.1f} s). " + (f"Left to do: {', '.join(left)}" if left else "All done."))
+          f"({time.perf_counter() - start:.1f} s). " + (f"Left to do: {', '.join(left)}" if left else NOT_A_GRADE))
     return 0 if not left and result["status"] not in ("invalid-notebook",) else 1

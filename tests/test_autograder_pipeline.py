@@ -231,6 +231,17 @@ def test_check_command_reports_visible_tests(tmp_path):
     assert "experiment/widget cells are skipped" in done.stdout
 
 
+def test_check_command_never_claims_the_grade_is_known(tmp_path):
+    from autograder.check import NOT_A_GRADE
+    notebook = tmp_path / f"{FIXTURE_LAB}.ipynb"
+    notebook.write_bytes(submission(fixture_lab()))
+    done = subprocess.run([sys.executable, "-m", "autograder", "check", str(notebook), "--course", str(FIXTURE_COURSE)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All done" not in done.stdout
+    assert NOT_A_GRADE in done.stdout and "hidden checks decide" in NOT_A_GRADE
+
+
 def test_cli_refuses_missing_lab(tmp_path):
     done = subprocess.run([sys.executable, "-m", "autograder", "grade", "no_such_lab", str(tmp_path), "--out",
                            str(tmp_path / "out"), "--course", str(FIXTURE_COURSE)],

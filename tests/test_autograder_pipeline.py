@@ -48,6 +48,8 @@ def test_solution_scores_full_marks_and_blank_scores_zero(mutant_results):
     assert all(check["passed"] for cell in full["cells"] for check in cell["checks"])
     assert (blank["status"], blank["score"]) == ("ok", 0.0)
     assert all("NotImplementedError" in cell["message"] for cell in blank["cells"])
+    assert "no graded function attempted" in " ".join(blank["reasons"])
+    assert not any("attempted" in reason for reason in full["reasons"])
 
 
 def test_fixture_catalogue_has_five_mutants_per_graded_function():

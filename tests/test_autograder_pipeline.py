@@ -114,8 +114,10 @@ def parallel_run(class_dir, tmp_path_factory):
 
 def test_csv_columns_and_rows(parallel_run):
     rows = list(csv.DictReader(io.StringIO((parallel_run / "grades.csv").read_text())))
-    assert list(rows[0])[:7] == ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox"]
-    assert list(rows[0])[7:] == ["test_symmetric_scale", "test_quantize_symmetric", "test_dequantize"]
+    assert list(rows[0])[:8] == ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox",
+                                 "hand_graded_max"]
+    assert list(rows[0])[8:] == ["test_symmetric_scale", "test_quantize_symmetric", "test_dequantize"]
+    assert {r["hand_graded_max"] for r in rows if r["status"] == "ok"} == {"1.00"}   # explain_error, by hand
     by_id = {r["student_id"]: r for r in rows}
     assert [r["student_id"] for r in rows] == sorted(by_id)
     assert by_id["s01"]["score"] == "6.00" and by_id["s04"]["score"] == "3.00"

@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifeq ($(TORCH),cpu)
 	$(BIN)/python -m pip install --quiet --index-url $(TORCH_CPU_INDEX) torch torchvision
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else \
+		f'$(VENV) already holds a CUDA build of torch {torch.__version__}: make clean-venv, then make lab TORCH=cpu')"
 endif
 	$(BIN)/python -m pip install --quiet -e ".[course,dev]"
 	$(BIN)/jupyter labextension list >/dev/null 2>&1 || true

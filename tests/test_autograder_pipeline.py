@@ -235,6 +235,16 @@ def test_check_command_reports_visible_tests(tmp_path):
     assert "experiment/widget cells are skipped" in done.stdout
 
 
+def test_check_command_says_not_attempted_for_a_blank_notebook(tmp_path):
+    notebook = tmp_path / f"{FIXTURE_LAB}.ipynb"
+    notebook.write_bytes(fixture_lab().released_bytes)
+    done = subprocess.run([sys.executable, "-m", "autograder", "check", str(notebook), "--course", str(FIXTURE_COURSE)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 1
+    assert "[TODO] test_dequantize" in done.stdout and "not attempted yet" in done.stdout
+    assert "Traceback" not in done.stdout
+
+
 def test_check_command_never_claims_the_grade_is_known(tmp_path):
     from autograder.check import NOT_A_GRADE
     notebook = tmp_path / f"{FIXTURE_LAB}.ipynb"

@@ -22,7 +22,7 @@ def _cells() -> dict[str, str]:
 def test_quoted_spreads_are_computed_ones():
     model = lowbit.models.pretrained("cnn")
     plot = channel_range_boxplot({"as trained": model, "folded": lowbit.models.fold_batchnorm(model)}, show=False)
-    bn_factor = (model.bn1.weight / torch.sqrt(model.bn1.running_var + model.bn1.eps)).abs()
+    bn_factor = (model.bn1.weight / torch.sqrt(model.bn1.running_var + model.bn1.eps)).abs().detach()
     computed = {f"{v:.1f}" for spreads in plot.spread.values() for v in spreads.values()}
     computed.add(f"{float(bn_factor.max() / bn_factor.min()):.1f}")
     cells = _cells()

@@ -26,7 +26,9 @@ from .secret import ENV_VAR, SecretProblem, find_secret
 from .submissions import Submission, discover, unpack_zip
 
 STATUSES = ("ok", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
-FIXED_COLUMNS = ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox"]
+# score / max_score count the autograded cells only; hand_graded_max is what the written answers add (nbgrader's
+# export adds them too, so its max score is max_score + hand_graded_max).
+FIXED_COLUMNS = ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox", "hand_graded_max"]
 
 
 class GradingRefused(RuntimeError):
@@ -224,7 +226,8 @@ def grades_csv(lab: Lab, results: dict[str, dict]) -> bytes:
         result = results[student_id]
         scores = {c["grade_id"]: c["score"] for c in result["cells"]}
         writer.writerow([student_id, lab.name, _number(result["score"]), _number(result["max_score"]),
-                         result["status"], "; ".join(result["reasons"]), result["sandbox"]]
+                         result["status"], "; ".join(result["reasons"]), result["sandbox"],
+                         _number(sum(m["max_score"] for m in result.get("manual", [])))]
                         + [_number(scores.get(gid, 0.0)) for gid, _ in tests])
     return buffer.getvalue().encode()
 

@@ -1,10 +1,11 @@
 """Release: jupytext ``solutions/<lab>/<lab>.py`` -> source ``.ipynb`` -> nbgrader student version in ``labs/``.
 
 Both steps are deterministic: cell ids come from the nbgrader ``grade_id`` (or the cell index), the notebook
-metadata is reduced to the kernelspec, and ``labs/`` is regenerated with ``--force``.
+metadata is reduced to the kernelspec and the kernel's language_info, and ``labs/`` is regenerated with ``--force``.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,11 +37,23 @@ def deterministic_cell_id(cell: nbformat.NotebookNode, index: int, used: set[str
     return candidate
 
 
+def kernel_language_info() -> dict:
+    """The ``language_info`` the course's ipykernel reports when a notebook connects to it.
+
+    JupyterLab writes the kernel's ``language_info`` into the notebook's metadata on open; if it differs
+    from what the file holds (even by one key), the notebook opens already "unsaved". Writing the same
+    block (ipykernel's, for the Python running the release: the course environment's) keeps a freshly
+    opened lab clean. A kernel on another Python version still reports its own ``version``.
+    """
+    from ipykernel.ipkernel import IPythonKernel
+    return json.loads(json.dumps(IPythonKernel.language_info))  # a plain copy
+
+
 def notebook_from_py(py_path: Path) -> nbformat.NotebookNode:
     """Read a jupytext percent ``.py`` into an nbformat 4.5 notebook with deterministic ids and metadata."""
     notebook = jupytext.read(py_path)
     clean = nbformat.v4.new_notebook()
-    clean.metadata = nbformat.from_dict({"kernelspec": KERNELSPEC, "language_info": {"name": "python"}})
+    clean.metadata = nbformat.from_dict({"kernelspec": KERNELSPEC, "language_info": kernel_language_info()})
     used: set[str] = set()
     for index, cell in enumerate(notebook.cells):
         metadata = {"nbgrader": cell.metadata["nbgrader"]} if "nbgrader" in cell.metadata else {}

@@ -30,6 +30,7 @@ from . import student_build
 from . import wire
 from .checks import _api, add_checks_path, find_check_module
 from .contract import Contract, load_contract
+from .feedback import not_attempted
 from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
 from .sandbox import BREACHES, Breach, Limits, Sandbox, course_package_dirs
 
@@ -293,6 +294,8 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     if "memory" in events:
         statuses.append("memory")
         reasons.append(f"the student's code ran out of memory (limit {limits.memory_bytes >> 20} MiB)")
+    if cells and all(not_attempted(cell) for cell in cells):
+        reasons.append("no graded function attempted: every answer cell still raises NotImplementedError")
     result["cells"] = cells
     result["status"] = min(statuses or ["ok"], key=STATUS_ORDER.index)
     result["reasons"] = list(dict.fromkeys(reasons))

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from lowbit._check_failure import CheckFailure
+
 __all__ = ["assert_equal_int", "assert_close", "assert_dtype", "assert_shape", "assert_not_modified"]
 
 _MAX_SHOWN = 12
@@ -57,7 +59,7 @@ def _fail(what: str, inputs: Any, expected: Any, got: Any, details: Sequence[str
         lines.append("  likely mistake: the function returned None — did you forget `return`?")
     if hint:
         lines.append(f"  likely mistake: {hint}")
-    raise AssertionError("\n".join(lines))
+    raise CheckFailure("\n".join(lines))  # an AssertionError; in a notebook the traceback ends at the cell
 
 
 def _passed(what: str) -> None:

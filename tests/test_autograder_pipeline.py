@@ -48,6 +48,8 @@ def test_solution_scores_full_marks_and_blank_scores_zero(mutant_results):
     assert all(check["passed"] for cell in full["cells"] for check in cell["checks"])
     assert (blank["status"], blank["score"]) == ("ok", 0.0)
     assert all("NotImplementedError" in cell["message"] for cell in blank["cells"])
+    assert "no graded function attempted" in " ".join(blank["reasons"])
+    assert not any("attempted" in reason for reason in full["reasons"])
 
 
 def test_fixture_catalogue_has_five_mutants_per_graded_function():
@@ -112,8 +114,10 @@ def parallel_run(class_dir, tmp_path_factory):
 
 def test_csv_columns_and_rows(parallel_run):
     rows = list(csv.DictReader(io.StringIO((parallel_run / "grades.csv").read_text())))
-    assert list(rows[0])[:7] == ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox"]
-    assert list(rows[0])[7:] == ["test_symmetric_scale", "test_quantize_symmetric", "test_dequantize"]
+    assert list(rows[0])[:8] == ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox",
+                                 "hand_graded_max"]
+    assert list(rows[0])[8:] == ["test_symmetric_scale", "test_quantize_symmetric", "test_dequantize"]
+    assert {r["hand_graded_max"] for r in rows if r["status"] == "ok"} == {"1.00"}   # explain_error, by hand
     by_id = {r["student_id"]: r for r in rows}
     assert [r["student_id"] for r in rows] == sorted(by_id)
     assert by_id["s01"]["score"] == "6.00" and by_id["s04"]["score"] == "3.00"
@@ -229,6 +233,27 @@ def test_check_command_reports_visible_tests(tmp_path):
     assert "[PASS] test_symmetric_scale" in done.stdout and "[FAIL] test_dequantize" in done.stdout
     assert "Left to do: test_dequantize" in done.stdout
     assert "experiment/widget cells are skipped" in done.stdout
+
+
+def test_check_command_says_not_attempted_for_a_blank_notebook(tmp_path):
+    notebook = tmp_path / f"{FIXTURE_LAB}.ipynb"
+    notebook.write_bytes(fixture_lab().released_bytes)
+    done = subprocess.run([sys.executable, "-m", "autograder", "check", str(notebook), "--course", str(FIXTURE_COURSE)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 1
+    assert "[TODO] test_dequantize" in done.stdout and "not attempted yet" in done.stdout
+    assert "Traceback" not in done.stdout
+
+
+def test_check_command_never_claims_the_grade_is_known(tmp_path):
+    from autograder.check import NOT_A_GRADE
+    notebook = tmp_path / f"{FIXTURE_LAB}.ipynb"
+    notebook.write_bytes(submission(fixture_lab()))
+    done = subprocess.run([sys.executable, "-m", "autograder", "check", str(notebook), "--course", str(FIXTURE_COURSE)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All done" not in done.stdout
+    assert NOT_A_GRADE in done.stdout and "hidden checks decide" in NOT_A_GRADE
 
 
 def test_cli_refuses_missing_lab(tmp_path):

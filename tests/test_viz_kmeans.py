@@ -75,3 +75,14 @@ def test_kmeans_explorer_numbers_panel_uses_readable_labels(weights):
     assert f"<b>uniform SSE / k-means SSE</b>: {ratio:.4g}" in shown
     assert "<b>clusters used</b>: " in shown and "uniform_over_kmeans" not in shown
     assert explorer.numbers.layout.width, "the panel keeps its width next to the figure"
+
+
+def test_kmeans_explorer_draws_many_levels_as_ticks(weights):
+    explorer = viz.kmeans_explorer(weights, bits=3, show=False)
+    centroids, uniform = explorer.figure.axes[0].collections[-1], explorer.figure.axes[0].collections[-2]
+    heights = {round(abs(seg[1][1] - seg[0][1]), 3) for seg in centroids.get_segments() + uniform.get_segments()}
+    assert heights == {1.0}                                            # 8 levels: full-height lines
+    explorer.controls["bits"].value = 8
+    assert len(centroids.get_segments()) == 256
+    assert max(seg[1][1] for seg in centroids.get_segments()) <= 0.1  # 256 levels: ticks along the bottom ...
+    assert min(seg[0][1] for seg in uniform.get_segments()) >= 0.9    # ... and along the top

@@ -119,11 +119,39 @@ def test_clipping_explorer_signed_data_and_errors():
 
 def test_channel_range_boxplot():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
-    figure = viz.channel_range_boxplot(model, show=False)
-    ax = figure.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "3"]
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([0.1, 0.2, 0.4, 0.8]).reshape(4, 1, 1, 1) * torch.ones(4, 1, 3, 3))
+    plot = viz.channel_range_boxplot(model, show=False)
+    ax = plot.figure.axes[0]
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["0", "3"]
+    assert plot.spread["weights"]["0"] == pytest.approx(8.0)           # 0.8 / 0.1
+    assert ax.get_xticklabels()[0].get_text() == "0\n8.0×"
+    assert torch.equal(plot.ranges["weights"]["0"], torch.tensor([0.1, 0.2, 0.4, 0.8]))
     with pytest.raises(ValueError, match="no Conv2d"):
         viz.channel_range_boxplot(nn.Sequential(nn.ReLU()), show=False)
+
+
+def test_channel_range_boxplot_compares_variants_and_folding_widens_the_spread():
+    import lowbit
+    model = lowbit.models.pretrained("cnn")
+    plot = viz.channel_range_boxplot({"as trained": model, "BN folded": lowbit.models.fold_batchnorm(model)},
+                                     show=False)
+    trained, folded = plot.spread["as trained"], plot.spread["BN folded"]
+    assert folded["conv1"] > 10 > 3 > trained["conv1"]                 # the figures the lab's text quotes
+    assert all(folded[layer] >= trained[layer] * 0.99 for layer in trained)
+    assert "conv1 11.8x" in repr(plot) and len(plot.figure.axes[0].get_legend().get_texts()) == 2
+    with pytest.raises(ValueError, match="same Conv2d/Linear layers"):
+        viz.channel_range_boxplot({"a": model, "b": nn.Sequential(nn.Linear(2, 2))}, show=False)
+
+
+def test_quantization_explorer_axis_shows_every_level():
+    w = torch.linspace(-0.66, 0.6, 1000)                             # 2-bit affine: a level at -0.84, off the data
+    explorer = viz.quantization_explorer(w, show=False)
+    explorer.controls["bits"].value = 2
+    levels = [segment[0][0] for segment in explorer.figure.axes[0].collections[0].get_segments()]
+    low, high = explorer.figure.axes[0].get_xlim()
+    assert len(levels) == 4 and min(levels) < -0.66
+    assert low < min(levels) and high > max(levels)
 
 
 def test_clipping_explorer_markers_come_from_the_students_functions(activations):

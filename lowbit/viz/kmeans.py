@@ -33,9 +33,23 @@ def _nearest_sse(w: torch.Tensor, levels: torch.Tensor) -> float:
     return float((x - levels[index]).square().sum())
 
 
+FULL_LINES_UP_TO = 16
+
+
+def _tick_span(k: int) -> tuple[float, float]:
+    """Vertical extent of the level marks in axes coordinates: (uniform ticks from, centroid ticks up to).
+
+    Up to ``FULL_LINES_UP_TO`` levels both are full-height lines; above that (5+ bits) they become short
+    ticks — centroids along the bottom edge, uniform levels along the top — so the histogram stays visible
+    instead of disappearing behind a wall of 2 × 256 lines.
+    """
+    return (0.0, 1.0) if k <= FULL_LINES_UP_TO else (0.9, 0.1)
+
+
 def kmeans_explorer(weights: torch.Tensor, kmeans_fn: Callable = kmeans_1d, bits: int = 3, init: str = "linear",
                     iters: int = 100, show: bool = True, max_values: int = 50_000) -> Explorer:
-    """Histogram of a weight tensor with the k-means centroids (red) and the uniform levels (blue, dashed).
+    """Histogram of a weight tensor with the k-means centroids (red) and the uniform levels (blue, dashed);
+    above 16 levels they are drawn as ticks (centroids along the bottom edge, uniform levels along the top).
 
     Controls: ``bits`` (1–8, k = 2^bits centroids) and ``init`` ("linear" / "random" / "kmeans++"). The
     centroids come from ``kmeans_fn(w, k, iters=iters, init=init)`` → ``(centroids [k], labels [n])``.
@@ -75,8 +89,9 @@ def kmeans_explorer(weights: torch.Tensor, kmeans_fn: Callable = kmeans_1d, bits
         sse = float((w.to(torch.float64) - centroids[labels]).square().sum())
         levels = uniform_levels(w, k)
         uniform_sse = _nearest_sse(w, levels)
-        centroid_lines.set_segments([[(float(c), 0), (float(c), 1)] for c in centroids])
-        uniform.set_segments([[(float(g), 0), (float(g), 1)] for g in levels])
+        low, high = _tick_span(k)
+        centroid_lines.set_segments([[(float(c), 0), (float(c), high)] for c in centroids])
+        uniform.set_segments([[(float(g), low), (float(g), 1)] for g in levels])
         title.set_text(f"{n_bits} bits (k = {k}), init {init_now}: k-means SSE {sse:.4g}, uniform SSE {uniform_sse:.4g}")
         return {"bits": n_bits, "k": k, "init": init_now, "sse": sse, "uniform_sse": uniform_sse,
                 "uniform_over_kmeans": uniform_sse / sse if sse > 0 else float("inf"),

@@ -28,7 +28,7 @@ from lowbit.quant.linear import (affine_qparams, linear_dequantize, linear_quant
                                  symmetric_qparams)
 
 __all__ = ["has_widget_frontend", "Explorer", "quantization_explorer", "clipping_explorer",
-           "channel_range_boxplot"]
+           "channel_range_boxplot", "ChannelRanges"]
 
 
 def has_widget_frontend() -> bool:
@@ -140,6 +140,13 @@ def _finish(explorer: Explorer, show: bool) -> Explorer:
     return explorer
 
 
+def _covering_limits(data_min: float, data_max: float, levels: torch.Tensor) -> tuple[float, float]:
+    """x limits showing the data and every level (a level may lie outside the data, e.g. 2-bit affine)."""
+    lo, hi = min(data_min, float(levels.min())), max(data_max, float(levels.max()))
+    margin = 0.04 * (hi - lo) or 1.0
+    return lo - margin, hi + margin
+
+
 # ----------------------------------------------------------------------------------- quantization grid
 def quantization_explorer(weights: torch.Tensor, quantize_fn: Callable = linear_quantize,
                           dequantize_fn: Callable = linear_dequantize, qparams_fn: Callable = affine_qparams,
@@ -193,6 +200,7 @@ def quantization_explorer(weights: torch.Tensor, quantize_fn: Callable = linear_
             q_min = -q_max                                   # restricted symmetric grid
         grid = (torch.arange(q_min, q_max + 1, dtype=torch.float64) - int(zero_point)) * float(scale)
         levels.set_segments([[(float(g), 0), (float(g), 1)] for g in grid])
+        ax_hist.set_xlim(*_covering_limits(float(w_sorted[0]), float(w_sorted[-1]), grid))
         error = w_hat - w_sorted
         error_line.set_ydata(error.numpy())
         limit = float(error.abs().max())
@@ -324,28 +332,82 @@ def clipping_explorer(activations: torch.Tensor, bits: int = 8, quantize_fn: Cal
 
 
 # ------------------------------------------------------------------------------------- channel ranges
-def channel_range_boxplot(model: nn.Module, show: bool = True) -> matplotlib.figure.Figure:
-    """Box plot, one box per Conv2d/Linear layer, of each output channel's weight range max|w_c|.
-
-    Shows why per-tensor scales waste levels: channel ranges within one layer differ by large factors.
-    Returns the figure (displayed when ``show``).
-    """
-    names, ranges = [], []
+def _channel_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Layer name → max |w_c| per output channel (float32 [C_out]) for every Conv2d/Linear of ``model``."""
+    ranges = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             weight = module.weight.detach().to(torch.float32)
-            names.append(name)
-            ranges.append(weight.reshape(weight.shape[0], -1).abs().amax(dim=1).numpy())
-    if not names:
+            ranges[name] = weight.reshape(weight.shape[0], -1).abs().amax(dim=1)
+    if not ranges:
         raise ValueError("the model has no Conv2d or Linear layer")
+    return ranges
+
+
+class ChannelRanges:
+    """What ``channel_range_boxplot`` returns: ``.figure``, ``.ranges`` (variant → layer → max |w_c| per
+    channel, float32 [C_out]) and ``.spread`` (variant → layer → largest / smallest non-zero channel range).
+    It was displayed by the call already, so as a cell's last value it shows nothing more."""
+
+    def __init__(self, figure: matplotlib.figure.Figure, ranges: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.figure, self.ranges = figure, ranges
+        self.spread = {variant: {layer: _spread(r) for layer, r in layers.items()} for variant, layers in ranges.items()}
+
+    def _ipython_display_(self) -> None:   # the call displayed the figure; a bare call shows nothing more
+        return None
+
+    def __repr__(self) -> str:
+        rows = "; ".join(f"{variant}: " + ", ".join(f"{layer} {ratio:.1f}x" for layer, ratio in spreads.items())
+                         for variant, spreads in self.spread.items())
+        return f"<channel ranges, largest/smallest per layer — {rows}>"
+
+
+def _spread(ranges: torch.Tensor) -> float:
+    nonzero = ranges[ranges > 0]
+    return float(nonzero.max() / nonzero.min()) if nonzero.numel() else 1.0
+
+
+def channel_range_boxplot(models: nn.Module | dict[str, nn.Module], show: bool = True) -> ChannelRanges:
+    """Box plot of each output channel's weight range max|w_c|, one group of boxes per Conv2d/Linear layer.
+
+    Shows why per-tensor scales waste levels: channel ranges within one layer differ by large factors.
+    ``models`` is one model or a dict label → model with the same layer names (e.g. as trained and with
+    BatchNorm folded), drawn side by side; each layer's tick says how far its largest channel range is
+    from its smallest (the "spread"). Returns a ``ChannelRanges`` (figure, ranges, spread); the figure is
+    displayed once when ``show``.
+    """
+    variants = models if isinstance(models, dict) else {"weights": models}
+    if not variants:
+        raise ValueError("models is an empty dict: pass a model or a dict label -> model")
+    ranges = {label: _channel_ranges(model) for label, model in variants.items()}
+    layers = list(next(iter(ranges.values())))
+    for label, layer_ranges in ranges.items():
+        if list(layer_ranges) != layers:
+            raise ValueError(f"models must have the same Conv2d/Linear layers: {label!r} has {list(layer_ranges)}, "
+                             f"the first has {layers}")
+    n = len(variants)
+    width = 0.8 / n
     with plt.ioff():
-        figure, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5), layout="constrained")
-    ax.boxplot(ranges)
-    ax.set_xticks(range(1, len(names) + 1), names)
+        figure, ax = plt.subplots(figsize=(1.4 * len(layers) * max(1, n * 0.8) + 2, 3.6), layout="constrained")
+    for i, (label, layer_ranges) in enumerate(ranges.items()):
+        positions = [j + 1 + (i - (n - 1) / 2) * width for j in range(len(layers))]
+        boxes = ax.boxplot([layer_ranges[layer].numpy() for layer in layers], positions=positions,
+                           widths=width * 0.85, patch_artist=True, manage_ticks=False)
+        for box in boxes["boxes"]:
+            box.set_facecolor(f"C{i}")
+            box.set_alpha(0.5)
+        boxes["boxes"][0].set_label(label)
+    handle = ChannelRanges(figure, ranges)
+    ticks = [layer + "\n" + " / ".join(f"{handle.spread[label][layer]:.1f}×" for label in ranges) for layer in layers]
+    ax.set_xticks(range(1, len(layers) + 1), ticks)
     ax.set_yscale("log")
     ax.set_ylabel("max |w| per output channel")
-    ax.set_title("Per-channel weight ranges (one box per layer)")
+    ax.set_xlabel("layer (below: largest / smallest channel range" + (", " + " / ".join(ranges) if n > 1 else "")
+                  + ")")
+    ax.set_title("Per-channel weight ranges (one box per layer" + (" and variant)" if n > 1 else ")"))
+    if n > 1:
+        ax.legend(loc="best")
     if show:
         display(figure)
     plt.close(figure)
-    return figure
+    return handle

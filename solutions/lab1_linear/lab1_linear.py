@@ -168,8 +168,14 @@ assert_equal_int(linear_quantize(r, 0.01, 0, 8), torch.tensor([-100, -25, 0, 30,
                  "linear_quantize(r, scale=0.01, zero_point=0, bits=8) — 2.0 must clamp to 127", inputs={"r": r})
 assert_equal_int(linear_quantize(r, 0.25, 4, 3, signed=False), torch.tensor([0, 3, 4, 5, 6, 7], dtype=torch.uint8),
                  "linear_quantize(r, scale=0.25, zero_point=4, bits=3, signed=False)", inputs={"r": r},
-                 hint="add the zero point after rounding, then clamp to [0, 7]")
+                 hint="r / 0.25 + 4 = [0, 3, 4, 5.2, 6, 12]: round, then clamp to [0, 7]")
+ties = torch.tensor([-0.125, 0.125, 0.375])
+assert_equal_int(linear_quantize(ties, 0.25, 3, 3, signed=False), torch.tensor([3, 3, 5], dtype=torch.uint8),
+                 "linear_quantize(ties, scale=0.25, zero_point=3, bits=3, signed=False)", inputs={"ties": ties},
+                 hint="add the zero point after rounding: round(-0.5, 0.5, 1.5) = (0, 0, 2), plus 3; adding 3 first "
+                      "would round the ties 2.5, 3.5, 4.5 instead")
 assert_dtype(linear_quantize(r, 0.1, 0, 4), torch.int8, "linear_quantize(..., bits=4) output")
+assert_dtype(linear_quantize(r, 0.1, 0, 4, signed=False), torch.uint8, "linear_quantize(..., bits=4, signed=False) output")
 assert_not_modified(linear_quantize, r, 0.1, 0, 8)
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab1_linear import check_linear_quantize
@@ -233,6 +239,9 @@ scale, zero_point = affine_qparams(-1.0, 2.0, 8, signed=False)
 assert_close(scale, 3.0 / 255, "scale of affine_qparams(-1, 2, bits=8, signed=False)", rtol=1e-6)
 assert_equal_int(zero_point, 85, "zero point of affine_qparams(-1, 2, bits=8, signed=False)",
                  hint="Z = round(q_min - r_min / S) = round(0 + 1 / (3/255)) = 85")
+scale, zero_point = affine_qparams(-0.6, 1.0, 4, signed=False)
+assert_equal_int(zero_point, 6, "zero point of affine_qparams(-0.6, 1, bits=4, signed=False)",
+                 hint="Z = round(0 + 0.6 / (1.6/15)) = round(5.625) = 6: round, do not truncate")
 scale, zero_point = affine_qparams(0.5, 2.0, 8, signed=True)
 assert_close(scale, 2.0 / 255, "scale of affine_qparams(0.5, 2, bits=8) — the range must be widened to contain 0", rtol=1e-6)
 assert_equal_int(zero_point, -128, "zero point of affine_qparams(0.5, 2, bits=8)")
@@ -311,9 +320,20 @@ for bits in BIT_WIDTHS:
 # ## Part 2 — Granularity: how many scales?
 #
 # One scale per tensor is cheap, but a single large channel then sets the step for every channel. The box
-# plot below shows each output channel's weight range in the course CNN: ranges differ several-fold between
-# channels of the same layer, so small channels get only a few levels (Krishnamoorthi, 2018; Nagel et al.,
-# 2019, *Data-Free Quantization Through Weight Equalization and Bias Correction*).
+# plot below shows each output channel's weight range $\max_i |W_{c,i}|$ in the course CNN, and under each
+# layer how far its largest channel range is from its smallest (Krishnamoorthi, 2018; Nagel et al., 2019,
+# *Data-Free Quantization Through Weight Equalization and Bias Correction*).
+#
+# *Blue: the weights as trained.* Within a layer the ranges differ by only 1.6–2.5×: BatchNorm after each
+# conv rescales every channel anyway, so training had no reason to spread them.
+#
+# *Orange: with BatchNorm folded in*, the weights a deployed network actually quantizes (Part 4 folds the
+# same way). Folding replaces conv + BN by one conv with $W'_c = \frac{\gamma_c}{\sqrt{\sigma_c^2 +
+# \varepsilon}}\, W_c$: each output channel is multiplied by its own BN factor, and those factors differ from
+# channel to channel (in `bn1` by 10.7×, from 0.57 to 6.2), so the spreads multiply. conv1 goes from 2.5× to
+# **11.8×**, conv2 and conv3 to about 3.4×; `fc` has no BatchNorm and stays at 1.6×. With one scale for
+# conv1 at 4 bits (7 steps on each side of zero), its smallest channel reaches only 7 / 11.8 ≈ 0.6 of one
+# step: every weight in it rounds to 0 or ±1.
 #
 # - **Per channel**: one symmetric scale per output channel $c$, $S_c = \max_i |W_{c,i}| / q_{\max}$. The
 #   integer matmul stays cheap because each output row is rescaled by its own $S_c$ once (Part 4).
@@ -326,7 +346,7 @@ for bits in BIT_WIDTHS:
 #   Formats for Deep Learning*) share one power-of-two scale (8-bit exponent) per block of 32.
 
 # %% nbgrader={"grade": false, "grade_id": "part2_boxplot", "locked": true, "schema_version": 3, "solution": false, "task": false}
-viz.linear.channel_range_boxplot(model)
+viz.linear.channel_range_boxplot({"as trained": model, "BatchNorm folded": lowbit.models.fold_batchnorm(model)})
 
 # %% nbgrader={"grade": false, "grade_id": "per_channel_qparams", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def per_channel_qparams(w: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
@@ -396,11 +416,12 @@ def fake_quantize_per_group(w: torch.Tensor, bits: int, group_size: int) -> tupl
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_fake_quantize_per_group", "locked": true, "points": 8, "schema_version": 3, "solution": false, "task": false}
-w = torch.tensor([[1.0, -0.3, 0.012, 0.02, 0.03], [0.0, 0.0, 0.0, 0.0, 7.0]])
+w = torch.tensor([[1.0, -0.3, 0.012, 0.02, 0.03], [0.5, 0.0, 0.0, 0.0, 7.0]])
 w_hat, bits_per_element = fake_quantize_per_group(w, 4, group_size=2)
-expected = torch.tensor([[1.0, -2 / 7, 0.02 * 4 / 7, 0.02, 0.03], [0.0, 0.0, 0.0, 0.0, 7.0]])
+expected = torch.tensor([[1.0, -2 / 7, 0.02 * 4 / 7, 0.02, 0.03], [0.5, 0.0, 0.0, 0.0, 7.0]])
 assert_close(w_hat, expected, "w_hat of fake_quantize_per_group(w, bits=4, group_size=2)", atol=1e-6, inputs={"w": w},
-             hint="groups: [1, -.3] [.012, .02] [.03] per row; S_g = max|w_g| / 7; the tail group has one element")
+             hint="groups stay inside a row: [1, -.3] [.012, .02] [.03] and [.5, 0] [0, 0] [7]; S_g = max|w_g| / 7; "
+                  "each row's tail group has one element")
 assert_close(bits_per_element, 4 + 32 / 2, "bits_per_element (one fp32 scale per 2 weights)", rtol=1e-9)
 assert_shape(fake_quantize_per_group(torch.randn(8, 3, 3, 3), 4, 16)[0], (8, 3, 3, 3), "w_hat of a conv weight")
 assert_not_modified(fake_quantize_per_group, w, 4, 2)
@@ -846,8 +867,10 @@ print(lowbit.results.table(rows))
 # %% [markdown] nbgrader={"grade": true, "grade_id": "q1_answer", "locked": false, "points": 4, "schema_version": 3, "solution": true, "task": false}
 # With one scale per tensor the step is set by the channel with the largest |w|. Channels whose weights span a
 # range several times smaller then use only a few of the 15 levels — many of their weights round to 0 — so their
-# outputs are mostly noise. Per-channel scales give each channel all levels; the box plot shows ranges differing
-# by up to ~10× within conv1/conv2, which is the gap seen in the W4 rows.
+# outputs are mostly noise. Per-channel scales give each channel all levels. The box plot shows why the gap is
+# large once BatchNorm is folded: folding multiplies each channel by its own γ/√(σ²+ε), so conv1's channel
+# ranges differ by 11.8× (2.5× as trained) and conv2/conv3's by about 3.4× (2.1–2.3×); at 4 bits conv1's
+# smallest channel then reaches only about 0.6 of one step, so all its weights round to 0 or ±1.
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "q2_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # **Q2 (5 points).** In the clipping widget at 4 bits, order min-max, percentile, MSE and KL by the total error

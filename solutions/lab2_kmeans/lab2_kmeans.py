@@ -201,10 +201,17 @@ assert_dtype(labels, torch.int64, "kmeans_1d labels")
 centroids, labels = kmeans_1d(w, 3)
 assert_close(centroids, torch.tensor([0.44, 2.5, 5.0]), "centroids of kmeans_1d(w, k=3)", atol=1e-6, inputs={"w": w},
              hint="linear init [0, 2.5, 5]: no value is nearest to 2.5, so that cluster is empty and keeps 2.5 (no NaN)")
+w2 = torch.tensor([0.0, 2.0, 2.8, 7.2, 8.0, 10.0])
+centroids, labels = kmeans_1d(w2, 3)
+assert_close(centroids, torch.tensor([1.6, 5.0, 8.4]), "centroids of kmeans_1d(w2, k=3)", atol=1e-5, inputs={"w2": w2},
+             hint="repeat until the labels stop changing: init [0, 5, 10], update 1 gives [1, 5, 9]; re-assign "
+                  "(cluster 1 is now empty and keeps 5), update 2 gives [1.6, 5, 8.4]")
+assert_equal_int(labels, torch.tensor([0, 0, 0, 2, 2, 2]), "labels of kmeans_1d(w2, k=3) (nearest final centroid)",
+                 inputs={"w2": w2})
 centroids, labels = kmeans_1d(w.reshape(2, 3), 2, iters=0)
 assert_close(centroids, torch.tensor([0.0, 5.0]), "kmeans_1d(w [2, 3], k=2, iters=0) returns the init", atol=0)
 assert_shape(labels, (6,), "labels of a [2, 3] weight (they index the flattened weight)")
-assert_not_modified(kmeans_1d, w, 3)
+assert_not_modified(kmeans_1d, torch.tensor([0.9, 0.0, 5.0, 0.2]), 2, what="kmeans_1d leaves an unsorted w unchanged")
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab2_kmeans import check_kmeans_1d
 check_kmeans_1d(kmeans_1d)
@@ -429,11 +436,11 @@ def centroid_gradients(grad_w: torch.Tensor, labels: torch.Tensor, k: int) -> to
 # %% nbgrader={"grade": true, "grade_id": "test_centroid_gradients", "locked": true, "points": 14, "schema_version": 3, "solution": false, "task": false}
 grad_w = torch.tensor([[0.1, -0.2, 0.3], [0.5, 0.0, -1.0]])
 labels = torch.tensor([0, 1, 0, 2, 1, 2])
+assert_not_modified(centroid_gradients, grad_w, labels, 4)  # first: a function that edits grad_w would spoil the rest
 assert_close(centroid_gradients(grad_w, labels, 4), torch.tensor([0.4, -0.2, -0.5, 0.0]),
              "centroid_gradients(grad_w, labels, k=4)", atol=1e-6, inputs={"grad_w": grad_w, "labels": labels},
              hint="sum (not mean) per cluster; centroid 3 has no member, so its gradient is 0")
 assert_dtype(centroid_gradients(grad_w.double(), labels, 4), torch.float64, "centroid_gradients of a float64 grad_w")
-assert_not_modified(centroid_gradients, grad_w, labels, 4)
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab2_kmeans import check_centroid_gradients
 check_centroid_gradients(centroid_gradients)
@@ -467,11 +474,12 @@ def update_centroids_mean(w: torch.Tensor, labels: torch.Tensor, k: int, old_cen
 w = torch.tensor([[0.1, 0.3, 0.5], [2.0, 4.0, 9.0]])
 labels = torch.tensor([0, 0, 1, 2, 2, 2])
 old = torch.tensor([0.0, 0.4, 3.0, 7.0])
+assert_not_modified(update_centroids_mean, w, labels, 4, old)  # first: a function that edits old would spoil the rest
 assert_close(update_centroids_mean(w, labels, 4, old), torch.tensor([0.2, 0.5, 5.0, 7.0]),
              "update_centroids_mean(w, labels, k=4, old)", atol=1e-6, inputs={"w": w, "labels": labels, "old": old},
              hint="centroid 3 has no member: it keeps its old value 7.0 (0 / 0 would be NaN)")
+assert_dtype(update_centroids_mean(w, labels, 4, old), torch.float32, "result for float32 old_centroids")
 assert_dtype(update_centroids_mean(w, labels, 4, old.double()), torch.float64, "result for float64 old_centroids")
-assert_not_modified(update_centroids_mean, w, labels, 4, old)
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab2_kmeans import check_update_centroids_mean
 check_update_centroids_mean(update_centroids_mean)

@@ -1,0 +1,167 @@
+"""A visible test that names a mistake (in a hint or its message) must also catch it.
+
+For each lab, ``NAMED`` lists the mutants of the lab's catalogue (tests/mutants/<lab>.py) that a visible test
+names, with the words in the visible test that name it. The test runs the released notebook's visible test
+cells in-process, as a student's "Run" would, against the worked solution with that one mutant applied, and
+requires the visible test to fail. Every ``hint=`` of a visible test must be claimed by an entry, so a new
+hint cannot be added without saying which mistake it names and proving that the test catches it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+import lowbit
+from autograder.mutants import load_catalogue
+from autograder.notebook import cell_role, grade_id, parse_notebook, visible_part
+from autograder.runner import strip_magics
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (function, mutant mistake, words of the visible test that name the mistake)
+NAMED = {
+    "lab1_linear": [
+        ("linear_quantize", "round half away from zero", "round half to even"),
+        ("linear_quantize", "floor instead of round", "round half to even"),
+        ("linear_quantize", "zero point added before rounding", "add the zero point after rounding"),
+        ("linear_quantize", "missing clamp", "round, then clamp to [0, 7]"),
+        ("linear_quantize", "off-by-one quantized range", "2.0 must clamp to 127"),
+        ("linear_quantize", "always int8", "signed=False) output"),
+        ("linear_dequantize", "uint8 wrap-around", "(uint8 wraps around)"),
+        ("linear_dequantize", "forgets the zero point", "subtracting the zero point"),
+        ("affine_qparams", "zero point truncated instead of rounded", "round, do not truncate"),
+        ("affine_qparams", "sign error in the zero point", "Z = round(q_min - r_min / S)"),
+        ("affine_qparams", "range not widened to contain zero", "the range must be widened to contain 0"),
+        ("affine_qparams", "zero scale for a constant range", "positive finite scale"),
+        ("symmetric_qparams", "restricted and full swapped", "restricted=False"),
+        ("symmetric_qparams", "zero scale for zero abs_max", "must not return a zero scale"),
+        ("per_channel_qparams", "reduces over the channel axis", "one scale per row"),
+        ("per_channel_qparams", "max instead of absolute max", "max |w| over the other axes"),
+        ("per_channel_qparams", "zero scale for an all-zero channel", "an all-zero row gets 1.0"),
+        ("per_channel_qparams", "full range (divides by 2^(b-1))", "/ 127"),
+        ("per_channel_qparams", "ignores the axis argument", "axis=1"),
+        ("fake_quantize_per_group", "groups across rows", "groups stay inside a row"),
+        ("fake_quantize_per_group", "tail padded with a large value", "tail group has one element"),
+        ("fake_quantize_per_group", "full range (divides by 2^(b-1))", "S_g = max|w_g| / 7"),
+        ("fake_quantize_per_group", "scales not counted", "one fp32 scale per 2 weights"),
+        ("ema_minmax", "initialized at zero", "the first batch initializes"),
+        ("ema_minmax", "momentum applied to the old value", "then (-2, 3)"),
+        ("ema_minmax", "running min/max instead of a moving average", "then (-2, 3); then (-1, 2)"),
+        ("mse_clip_range", "largest error instead of smallest", "it pays to clip the outlier"),
+        ("mse_clip_range", "signed levels (2^(b-1) - 1)", "alpha = 0.69"),
+        ("mse_clip_range", "error measured without clipping", "it pays to clip the outlier"),
+        ("mse_clip_range", "candidate grid off by one", "clipping does not pay off"),
+        ("kl_clip_threshold", "never clips", "the outlier is clipped"),
+        ("quantized_matmul", "int8 products overflow", "widen to int32/int64 before multiplying"),
+        ("quantized_matmul", "forgets the Z_B row-sum term", "subtract both zero points"),
+        ("quantized_matmul", "zero points swapped", "subtract both zero points"),
+        ("quantized_linear", "per-tensor weight scale", "per output channel"),
+        ("quantized_linear", "floor instead of round", "vs the float layer"),
+    ],
+    "lab2_kmeans": [
+        ("linear_init", "max left out (k + 1 points, last dropped)", "both included"),
+        ("linear_init", "step (max - min) / k instead of / (k - 1)", "evenly spaced from min to max"),
+        ("linear_init", "symmetric range ±max|w|", "evenly spaced from min to max"),
+        ("linear_init", "returns float64", "linear_init of a float16 tensor"),
+        ("kmeans_1d", "NaN on an empty cluster", "keeps 2.5 (no NaN)"),
+        ("kmeans_1d", "empty cluster reset to 0", "keeps 2.5 (no NaN)"),
+        ("kmeans_1d", "stops after the first update", "repeat until the labels stop changing"),
+        ("kmeans_1d", "labels not updated in the loop (stale labels)", "(nearest final centroid)"),
+        ("kmeans_1d", "sorts the weights in place", "leaves an unsorted w unchanged"),
+        ("kmeans_1d", "float32 centroids returned as float64", "kmeans_1d centroids"),
+        ("kmeans_quantize", "b clusters instead of 2^b", "k = 2^1 = 2 centroids"),
+        ("kmeans_quantize", "2^b - 1 clusters", "k = 2^1 = 2 centroids"),
+        ("kmeans_quantize", "returns a plain tuple", "must return Codebook(centroids, labels)"),
+        ("decode", "returns the indices", "centroids[labels]"),
+        ("decode", "no reshape", "then reshape"),
+        ("decode", "no size check (reshape error instead of ValueError)", "must raise ValueError"),
+        ("compressed_bits", "codebook forgotten", "16 centroids * 32 bits"),
+        ("compressed_bits", "float result", "must return a Python int"),
+        ("centroid_gradients", "mean instead of sum", "sum (not mean) per cluster"),
+        ("centroid_gradients", "bincount without minlength", "its gradient is 0"),
+        ("centroid_gradients", "clears grad_w after reading it", "assert_not_modified(centroid_gradients"),
+        ("centroid_gradients", "always float32", "of a float64 grad_w"),
+        ("update_centroids_mean", "NaN on an empty cluster", "(0 / 0 would be NaN)"),
+        ("update_centroids_mean", "empty cluster reset to 0", "keeps its old value 7.0"),
+        ("update_centroids_mean", "updates old_centroids in place", "assert_not_modified(update_centroids_mean"),
+        ("update_centroids_mean", "returns float64", "result for float32 old_centroids"),
+    ],
+}
+# Hints that only work the expected value out and name no mistake of the catalogue.
+EXPLAINS_ONLY = {
+    "lab1_linear": [],
+    "lab2_kmeans": [("kmeans_1d", "the first cluster's mean is (0 + .1 + .2 + .9 + 1) / 5")],
+}
+HINT = re.compile(r"hint=\s*\(?\s*\"([^\"]*)\"")
+
+
+def _lab_cells(lab: str) -> tuple[list[str], list[tuple[str, str]], dict[str, str]]:
+    """(setup sources, (grade_id, solution source) in order, test grade_id -> visible source)."""
+    source = parse_notebook((REPO / "solutions" / lab / f"{lab}.ipynb").read_bytes())
+    released = parse_notebook((REPO / "labs" / lab / f"{lab}.ipynb").read_bytes())
+    setup = [c.source for c in released.cells if cell_role(c) == "setup"]
+    solutions = [(grade_id(c), c.source) for c in source.cells if cell_role(c) == "solution"]
+    tests = {grade_id(c): visible_part(c.source) for c in released.cells if cell_role(c) == "test"}
+    return setup, solutions, tests
+
+
+@pytest.fixture(scope="module", params=sorted(NAMED))
+def lab(request):
+    """The lab's cells and the namespace its setup cells leave (run once, with grading-sized data)."""
+    setup, solutions, tests = _lab_cells(request.param)
+    namespace: dict = {}
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
+        patch.setattr(lowbit, "GRADING", True)
+        for cell in setup:
+            exec(compile(strip_magics(cell), "<setup>", "exec"), namespace)  # noqa: S102 - the course's own cell
+    return request.param, namespace, solutions, tests
+
+
+def _visible_test_fails(namespace: dict, solutions: list[tuple[str, str]], test: str, mutant=None) -> str | None:
+    """Run every answer cell (one edited by ``mutant``) and then the visible test; the failure, or None."""
+    namespace = dict(namespace)
+    for gid, cell in solutions:
+        if mutant is not None and gid == mutant.function:
+            assert cell.count(mutant.old) == 1, f"mutant {mutant.mistake!r} does not apply to {gid}"
+            cell = cell.replace(mutant.old, mutant.new, 1)
+        exec(compile(cell, f"<{gid}>", "exec"), namespace)  # noqa: S102 - the course's own cells
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            exec(compile(test, "<visible test>", "exec"), namespace)  # noqa: S102
+    except Exception as exc:  # noqa: BLE001 - any failure of the visible test is what we want
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def test_solution_passes_every_visible_test(lab):
+    name, namespace, solutions, tests = lab
+    failures = {gid: _visible_test_fails(namespace, solutions, source) for gid, source in tests.items()}
+    assert {gid: f for gid, f in failures.items() if f} == {}
+
+
+def test_every_hint_is_claimed_and_named_words_are_in_the_visible_test(lab):
+    name, _, _, tests = lab
+    mutants = {(m.function, m.mistake) for m in load_catalogue(REPO / "tests" / "mutants" / f"{name}.py")}
+    unknown = [(f, m) for f, m, _ in NAMED[name] if (f, m) not in mutants]
+    assert unknown == [], f"entries naming no mutant of the catalogue: {unknown}"
+    absent = [(f, words) for f, _, words in NAMED[name] if words not in tests[f"test_{f}"]]
+    assert absent == [], f"named words missing from the visible test: {absent}"
+    claimed = {(f, words) for f, _, words in NAMED[name]} | set(EXPLAINS_ONLY[name])
+    unclaimed = [(gid, hint) for gid, source in tests.items() for hint in HINT.findall(source)
+                 if not any(f == gid.removeprefix("test_") and words in hint for f, words in claimed)]
+    assert unclaimed == [], f"hints that name no mutant in NAMED (add the mistake they name): {unclaimed}"
+
+
+def test_every_named_mistake_fails_its_visible_test(lab):
+    name, namespace, solutions, tests = lab
+    catalogue = {(m.function, m.mistake): m for m in load_catalogue(REPO / "tests" / "mutants" / f"{name}.py")}
+    blessed = [f"{function}: {mistake} (named by {words!r})" for function, mistake, words in NAMED[name]
+               if _visible_test_fails(namespace, solutions, tests[f"test_{function}"],
+                                      catalogue[function, mistake]) is None]
+    assert blessed == [], "visible tests that name a mistake but pass it:\n" + "\n".join(blessed)

@@ -22,7 +22,8 @@ from .gradebook import write_gradebook
 from .notebook import build_plan, parse_notebook
 from .runner import Course, Lab, grade_submission
 from .sandbox import Limits, bwrap_problem
-from .submissions import Submission, discover, unpack_zip
+from .submissions import Submission, UnreadableSubmission, discover, read_notebook_file, student_id_for, unpack_zip
+from .text import csv_cell, printable
 
 STATUSES = ("ok", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
 FIXED_COLUMNS = ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox"]
@@ -62,8 +63,7 @@ def _pool_init(course_root: str, lab: str) -> None:
     _POOL_LAB = Lab.load(_POOL_COURSE, lab)
 
 
-def _pool_grade(student_id: str, path: str, mode: str, limits: Limits) -> tuple[str, dict]:
-    data = Path(path).read_bytes()
+def _pool_grade(student_id: str, data: bytes, mode: str, limits: Limits) -> tuple[str, dict]:
     try:
         result = grade_submission(_POOL_LAB, data, mode, limits, _POOL_COURSE.sandbox_paths)
     except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the whole class
@@ -109,12 +109,12 @@ def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, 
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lowbit-zip-") as unzip_dir:
-        root = Path(submissions)
+        root, skipped = Path(submissions), []
         if root.is_file() and root.suffix == ".zip":
-            root = unpack_zip(root, Path(unzip_dir))
+            root, skipped = unpack_zip(root, Path(unzip_dir))
         elif not root.is_dir():
             raise GradingRefused(f"{root} is neither a folder of submissions nor a .zip")
-        found = discover(root, lab_name)
+        found = _with_zip_problems(discover(root, lab_name), skipped, root, Path(unzip_dir))
         results, todo = _reuse_cached(found, lab, fingerprint, mode, limits, out, force)
         start = time.perf_counter()
         _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results)
@@ -130,31 +130,73 @@ def _result_path(out: Path, student_id: str) -> Path:
     return out / "results" / f"{student_id}.json"
 
 
+def _with_zip_problems(found: list[Submission], skipped: list[tuple[str, str]], root: Path,
+                       unzip_dir: Path) -> list[Submission]:
+    """Attach the zip entries that could not be extracted to the rows of the students they belong to."""
+    if not skipped:
+        return found
+    inner = root.relative_to(unzip_dir).parts if root.is_relative_to(unzip_dir) else ()
+    by_student: dict[str, list[str]] = {}
+    for name, reason in skipped:
+        parts = Path(name).parts[len(inner):]
+        problem = f"zip entry {printable(name)!r} not extracted: {reason}"
+        if len(parts) > 1:
+            by_student.setdefault(student_id_for(parts[0]), []).append(problem)
+        else:
+            print(f"WARNING: {problem}", file=sys.stderr)
+    found = [Submission(s.student_id, s.path, "; ".join(filter(None, [s.problem, *by_student.pop(s.student_id, [])])),
+                        s.refused) for s in found]
+    for student, problems in sorted(by_student.items()):
+        print(f"WARNING: {'; '.join(problems)}", file=sys.stderr)
+        found.append(Submission(student, None, "; ".join(problems)))
+    return found
+
+
 def _reuse_cached(found: list[Submission], lab: Lab, fingerprint: str, mode: str, limits: Limits, out: Path,
-                  force: bool) -> tuple[dict[str, dict], list[tuple[Submission, str]]]:
+                  force: bool) -> tuple[dict[str, dict], list[tuple[Submission, str, bytes]]]:
     results: dict[str, dict] = {}
     todo = []
+    duplicated = [s for s, n in Counter(sub.student_id for sub in found).items() if n > 1]
+    if duplicated:  # discover() gives every folder its own id; anything else is a grader bug
+        raise GradingRefused(f"two submissions share the student id(s) {', '.join(duplicated)}")
     for sub in found:
-        if sub.student_id in results or any(s.student_id == sub.student_id for s, _ in todo):
-            continue
-        data = sub.path.read_bytes() if sub.path else sub.problem.encode()
-        key = result_key(data, fingerprint, mode, limits)
-        cached = _result_path(out, sub.student_id)
-        if not force and cached.is_file():
+        data, problem = None, sub.problem
+        if sub.path is not None and not sub.refused:
             try:
-                record = json.loads(cached.read_text())
-                if record.get("key") == key:
-                    results[sub.student_id] = record["result"]
-                    continue
-            except (ValueError, KeyError):
-                pass
-        if sub.path is None:
-            result = _missing_result(lab, mode, sub.problem)
+                data = read_notebook_file(sub.path)
+            except UnreadableSubmission as exc:
+                problem = "; ".join(filter(None, [problem, str(exc)]))
+        key = result_key(data if data is not None else problem.encode("utf-8", "replace"), fingerprint, mode,
+                         limits)
+        if not force:
+            cached = _load_cached(out, sub.student_id, key)
+            if cached is not None:
+                results[sub.student_id] = cached
+                continue
+        if data is None:
+            result = _missing_result(lab, mode, problem)
             _save(out, sub.student_id, key, result)
             results[sub.student_id] = result
             continue
-        todo.append((sub, key))
+        todo.append((sub, key, data))
     return results, todo
+
+
+_RESULT_FIELDS = {"lab": str, "sandbox": str, "status": str, "reasons": list, "cells": list, "score": float,
+                  "max_score": float}
+
+
+def _load_cached(out: Path, student_id: str, key: str) -> dict | None:
+    """The cached result for this key, or None when there is none or it is unreadable or malformed."""
+    try:
+        record = json.loads(_result_path(out, student_id).read_bytes())
+        result = record["result"]
+        if record["key"] != key or not all(isinstance(result.get(k), (int, float) if t is float else t)
+                                           for k, t in _RESULT_FIELDS.items()):
+            return None
+        return result
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _save(out: Path, student_id: str, key: str, result: dict) -> None:
@@ -170,8 +212,8 @@ def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
                              initargs=(str(course.root), lab.name)) as pool:
-        futures = {pool.submit(_pool_grade, sub.student_id, str(sub.path), mode, limits): (sub, key)
-                   for sub, key in todo}
+        futures = {pool.submit(_pool_grade, sub.student_id, data, mode, limits): (sub, key)
+                   for sub, key, data in todo}
         bar = tqdm(total=len(futures), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
         for future in as_completed(futures):
             sub, key = futures[future]
@@ -195,7 +237,8 @@ def _number(value: float) -> str:
 
 
 def grades_csv(lab: Lab, results: dict[str, dict]) -> bytes:
-    """The class CSV: sorted rows, fixed float format, no timestamps — same inputs, same bytes."""
+    """The class CSV: sorted rows, fixed float format, no timestamps — same inputs, same bytes. Text cells are
+    valid UTF-8 and never start like a spreadsheet formula (see :func:`autograder.text.csv_cell`)."""
     tests, _, _ = test_columns(lab)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -203,18 +246,28 @@ def grades_csv(lab: Lab, results: dict[str, dict]) -> bytes:
     for student_id in sorted(results):
         result = results[student_id]
         scores = {c["grade_id"]: c["score"] for c in result["cells"]}
-        writer.writerow([student_id, lab.name, _number(result["score"]), _number(result["max_score"]),
-                         result["status"], "; ".join(result["reasons"]), result["sandbox"]]
+        writer.writerow([csv_cell(student_id), lab.name, _number(result["score"]), _number(result["max_score"]),
+                         result["status"], csv_cell("; ".join(map(str, result["reasons"]))), result["sandbox"]]
                         + [_number(scores.get(gid, 0.0)) for gid, _ in tests])
     return buffer.getvalue().encode()
 
 
-def write_outputs(lab: Lab, course: Course, out: Path, results: dict[str, dict]) -> None:
+def write_outputs(lab: Lab, course: Course, out: Path, results: dict[str, dict]) -> list[str]:
+    """grades.csv, then each student's feedback and gradebook rows — each student on their own, so one
+    student's result can only fail that student's files. Returns the failures (also printed)."""
     atomic_write(out / "grades.csv", grades_csv(lab, results))
+    failures = []
     for student_id, result in results.items():
-        atomic_write(out / "feedback" / student_id / f"{lab.name}.html", feedback.render(student_id, result).encode())
+        try:
+            html = printable(feedback.render(student_id, result))
+            atomic_write(out / "feedback" / student_id / f"{lab.name}.html", html.encode())
+        except Exception as exc:  # noqa: BLE001 - one student's bad result must not cost the others theirs
+            failures.append(f"feedback for {student_id}: {type(exc).__name__}: {exc}")
     tests, manual, answers = test_columns(lab)
-    write_gradebook(out / "gradebook.db", lab.name, tests, manual, answers, results)
+    failures += write_gradebook(out / "gradebook.db", lab.name, tests, manual, answers, results)
+    for failure in failures:
+        print(f"WARNING: could not write {printable(failure)}", file=sys.stderr)
+    return failures
 
 
 def summary(results: dict[str, dict]) -> str:

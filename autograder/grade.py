@@ -20,12 +20,13 @@ from tqdm import tqdm
 from . import feedback
 from .gradebook import write_gradebook
 from .notebook import build_plan, parse_notebook
-from .runner import Course, Lab, grade_submission
-from .sandbox import Limits, bwrap_problem
-from .submissions import Submission, UnreadableSubmission, discover, read_notebook_file, student_id_for, unpack_zip
+from .runner import Course, Lab, TimeBudget, budget, grade_submission
+from .sandbox import BREACHES, Limits, bwrap_problem, enforcement
+from .submissions import (Submission, UnreadableSubmission, discover, fill_answers, read_notebook_file,
+                          solution_answers, student_id_for, unpack_zip)
 from .text import csv_cell, printable
 
-STATUSES = ("ok", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
+STATUSES = ("ok", "slow", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
 FIXED_COLUMNS = ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox"]
 
 
@@ -97,8 +98,12 @@ def choose_mode(unsafe: bool) -> str:
 
 def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, jobs: int | None = None,
                 force: bool = False, unsafe: bool = False, limits: Limits = Limits(),
-                progress: bool = True) -> dict[str, dict]:
-    """Grade every submission of ``lab_name`` under ``submissions`` into ``out``; returns student -> result."""
+                progress: bool = True, time_budget: TimeBudget = TimeBudget()) -> dict[str, dict]:
+    """Grade every submission of ``lab_name`` under ``submissions`` into ``out``; returns student -> result.
+
+    ``limits`` are ceilings; the time limits actually applied follow from the reference solution's measured
+    grading time (``time_budget``, measured once per lab and grader version, kept in ``out/reference.json``).
+    """
     mode = choose_mode(unsafe)
     bin_dir = str(Path(sys.executable).parent)  # nbgrader's Gradebook runs `alembic` from PATH
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
@@ -117,11 +122,14 @@ def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, 
         found = _with_zip_problems(discover(root, lab_name), skipped, root, Path(unzip_dir))
         results, todo = _reuse_cached(found, lab, fingerprint, mode, limits, out, force)
         start = time.perf_counter()
-        _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results)
+        _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results, force,
+                       time_budget)
         graded_seconds = time.perf_counter() - start
     start = time.perf_counter()
     write_outputs(lab, course, out, results)
-    print(f"{summary(results)}\n{len(todo)} graded now ({len(results) - len(todo)} reused) in {graded_seconds:.1f} s; "
+    enforced = enforcement(mode)
+    print(f"{summary(results)}\nsandbox: {mode}; memory: {enforced['memory']}; seccomp: {enforced['seccomp']}"
+          f"\n{len(todo)} graded now ({len(results) - len(todo)} reused) in {graded_seconds:.1f} s; "
           f"CSV, feedback and gradebook written in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return results
 
@@ -205,14 +213,17 @@ def _save(out: Path, student_id: str, key: str, result: dict) -> None:
 
 
 def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode: str, limits: Limits, out: Path,
-                   jobs: int | None, progress: bool, results: dict[str, dict]) -> None:
+                   jobs: int | None, progress: bool, results: dict[str, dict], force: bool = False,
+                   time_budget: TimeBudget = TimeBudget()) -> None:
     if not todo:
         return
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
                              initargs=(str(course.root), lab.name)) as pool:
-        futures = {pool.submit(_pool_grade, sub.student_id, data, mode, limits): (sub, key)
+        timing = _reference_timing(pool, lab, fingerprint, mode, limits, out, force)
+        applied = budget(limits, timing, time_budget, load=jobs / (os.cpu_count() or 1))
+        futures = {pool.submit(_pool_grade, sub.student_id, data, mode, applied): (sub, key)
                    for sub, key, data in todo}
         bar = tqdm(total=len(futures), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
         for future in as_completed(futures):
@@ -224,6 +235,28 @@ def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode:
             results[sub.student_id] = result
             bar.update(1)
         bar.close()
+
+
+def _reference_timing(pool: ProcessPoolExecutor, lab: Lab, fingerprint: str, mode: str, limits: Limits, out: Path,
+                      force: bool) -> dict:
+    """The reference solution's grading time per sandbox cell, per test cell and in total (graded in the
+    pool like any submission; cached in ``out/reference.json``). Refuses a lab whose reference breaches."""
+    data = fill_answers(lab.released_bytes, solution_answers(lab.source_bytes))
+    key = result_key(data, fingerprint, mode, limits)
+    path = out / "reference.json"
+    try:
+        record = json.loads(path.read_bytes())
+        if not force and record["key"] == key:
+            return record["timing"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    _, result = pool.submit(_pool_grade, "reference", data, mode, limits).result()
+    if result["status"] in BREACHES or "timing" not in result:
+        raise GradingRefused(f"the reference solution of {lab.name} does not grade cleanly ({result['status']}: "
+                             f"{'; '.join(result['reasons'])}); fix the lab or raise the limits before grading")
+    atomic_write(path, json.dumps({"key": key, "timing": result["timing"], "score": result["score"],
+                                   "max_score": result["max_score"]}, indent=1, sort_keys=True).encode())
+    return result["timing"]
 
 
 def test_columns(lab: Lab) -> tuple[list[tuple[str, float]], list[tuple[str, float]], list[str]]:

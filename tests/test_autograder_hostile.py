@@ -9,16 +9,21 @@ import csv
 import io
 import json
 import os
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from autograder import grade as grade_module
-from autograder.grade import grades_csv, write_outputs
+from autograder import seccomp, wire
+from autograder.cgroups import memory_cgroups
+from autograder.grade import write_outputs
 from autograder.notebook import MAX_NOTEBOOK_BYTES, parse_notebook
 from autograder.runner import Course
+from autograder.sandbox import Breach, Limits, Sandbox, bwrap_problem
 from autograder.submissions import UnreadableSubmission, discover, read_notebook_file, unpack_zip
 from autograder.text import csv_cell, printable
 
@@ -152,3 +157,165 @@ def test_non_utf8_bytes_in_a_notebook_are_replaced_not_fatal():
     data = submission(lab, explain_error="caf\u00e9 ok").replace("caf\u00e9".encode(), b"caf\xe9")
     text = next(c.source for c in parse_notebook(data).cells if "ok" in c.source and "caf" in c.source)
     assert text.startswith("caf\ufffd")
+
+
+# -- the trusted reader ---------------------------------------------------------------------------------
+def test_reader_refuses_a_line_past_the_cap_as_it_arrives():
+    reader = wire.LineReader(max_bytes=1 << 20)
+    chunk = b"[]," * 100_000
+    with pytest.raises(wire.WireError, match="exceeded 1 MiB"):
+        for _ in range(100):  # 30 MB would arrive; refused once past 1 MiB, before any parsing
+            reader.feed(chunk)
+            assert reader.line() is None
+    assert len(reader.buffer) < (1 << 20) + len(chunk)
+
+
+def test_reader_splits_lines_and_counts_items_before_parsing():
+    reader = wire.LineReader(max_bytes=1 << 20)
+    reader.feed(b'{"a": 1}\n{"b"')
+    assert wire.loads(reader.line()) == {"a": 1}
+    assert reader.line() is None
+    reader.feed(b': 2}\n')
+    assert wire.loads(reader.line()) == {"b": 2}
+    with pytest.raises(wire.WireError, match="more than 1000 values"):
+        wire.loads(b'{"v": [' + b"[]," * 1000 + b"[]]}", max_items=1000)
+
+
+# -- the sandbox itself ------------------------------------------------------------------------------------
+needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None, reason=f"no usable bwrap: {bwrap_problem()}")
+STALL = """import fcntl, os, stat
+for fd in range(3, 64):
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ
+            kept = os.dup(fd)
+            dead_r, dead_w = os.pipe()
+            os.dup2(dead_r, fd)
+    except OSError:
+        pass
+def f(x):
+    return 0
+"""
+
+
+def _started(sandbox: Sandbox, source: str) -> dict:
+    sandbox.send({"cells": [{"key": "answer", "source": source, "student": True}], "protected": [],
+                  "sys_path": sandbox.sys_path()})
+    while True:
+        message = sandbox.receive(30)
+        if message.get("event") == "ready":
+            return message
+
+
+def _in_thread(fn, seconds: float):
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(fn())
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    return outcome[0]
+
+
+@needs_bwrap
+def test_a_worker_that_stops_reading_cannot_block_the_graders_write():
+    sandbox = Sandbox("bwrap", Limits(wall_seconds=60, call_seconds=3))
+    try:
+        _started(sandbox, STALL)
+        big = wire.encode([torch.zeros(1 << 20)])  # a 5 MiB request into a 4 KiB pipe nobody reads
+        outcome = _in_thread(lambda: sandbox.request("call", name="f", args=big, kwargs=wire.encode({})), 20)
+        assert isinstance(outcome, Breach) and outcome.status == "timeout", outcome
+        assert "one call (3 s)" in outcome.reason
+    finally:
+        sandbox.close()
+
+
+@needs_bwrap
+def test_the_watchdog_kills_at_the_wall_limit_while_nothing_is_exchanged():
+    sandbox = Sandbox("bwrap", Limits(wall_seconds=4))
+    try:
+        _started(sandbox, "x = 1")
+        deadline = time.monotonic() + 30
+        while sandbox.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sandbox.expired and sandbox.proc.poll() is not None
+        outcome = _in_thread(lambda: sandbox.request("get", name="x"), 10)
+        assert isinstance(outcome, Breach) and outcome.status == "timeout", outcome
+    finally:
+        sandbox.close()
+
+
+@needs_bwrap
+@pytest.mark.skipif(memory_cgroups().startswith("RLIMIT"), reason="no writable memory cgroup on this machine")
+def test_memory_in_tmpfs_files_counts_against_the_sandbox_and_is_reported_as_memory():
+    hoard = ("for i in range(40):\n"
+             "    with open(f'/tmp/hoard{i}', 'wb') as f:\n"
+             "        for _ in range(30):\n"
+             "            f.write(b'x' * (1 << 20))\n")
+    limits = Limits(wall_seconds=60, memory_bytes=512 << 20, tmp_bytes=2 << 30)
+    sandbox = Sandbox("bwrap", limits)
+    try:
+        outcome = _in_thread(lambda: _started(sandbox, hoard), 60)
+        assert isinstance(outcome, Breach) and outcome.status == "memory", outcome
+    finally:
+        sandbox.close()
+
+
+@needs_bwrap
+def test_a_sigkill_the_grader_did_not_send_is_crashed_not_memory():
+    sandbox = Sandbox("bwrap", Limits(wall_seconds=60))
+    try:
+        _started(sandbox, "import os, signal\ndef f():\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+        outcome = _in_thread(lambda: sandbox.request("call", name="f", args=[], kwargs=wire.encode({})), 20)
+        assert isinstance(outcome, Breach) and outcome.status == "crashed", outcome
+        assert "SIGKILL" in outcome.reason
+    finally:
+        sandbox.close()
+
+
+PROBE = """import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def checked(fn, *args):
+    if fn(*args) != 0:
+        raise OSError(ctypes.get_errno(), "refused")
+def errno_of(call):
+    try:
+        call()
+        return 0
+    except OSError as exc:
+        return exc.errno
+def fork_and_wait():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+probe = {
+    "unshare_user": errno_of(lambda: checked(libc.unshare, 0x10000000)),
+    "ptrace": errno_of(lambda: checked(libc.ptrace, 0, 0, None, None)),
+    "memfd": errno_of(lambda: os.memfd_create("x")),
+    "shared_anon_mmap": errno_of(lambda: mmap.mmap(-1, 1 << 20)),
+    "private_mmap": errno_of(lambda: mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE)),
+    "fork": errno_of(fork_and_wait),
+    "executable": sys.executable, "path": " ".join(sys.path),
+}
+"""
+
+
+@needs_bwrap
+@pytest.mark.skipif(seccomp.filter_program() is None, reason="the seccomp filter is built for x86-64 only")
+def test_seccomp_refuses_namespaces_ptrace_and_uncounted_memory_and_host_paths_are_hidden():
+    sandbox = Sandbox("bwrap", Limits(wall_seconds=60))
+    try:
+        _started(sandbox, PROBE)
+        probe = wire.decode(sandbox.request("get", name="probe")["value"])
+    finally:
+        sandbox.close()
+    assert probe["unshare_user"] == probe["ptrace"] == probe["memfd"] == probe["shared_anon_mmap"] == 1  # EPERM
+    assert probe["private_mmap"] == 0 and probe["fork"] == 0
+    for host in (sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[1])):
+        assert host not in probe["executable"] and host not in probe["path"], (host, probe)

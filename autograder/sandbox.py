@@ -105,8 +105,10 @@ def sandbox_layout(extra_paths: list[Path]) -> _Layout:
     """Where the Python installation, its packages and the course packages appear inside the sandbox:
     neutral paths under /opt (nothing of the host's home, checkout or venv location shows), /usr as is."""
     binds, sys_path, env = [], [], []
-    base = Path(sys.base_prefix).resolve()
     executable = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    base = Path(sys.base_prefix).resolve()
+    if not executable.is_relative_to(base):  # e.g. a prefix this user cannot list: the binary's own prefix
+        base = executable.parent.parent
     if str(base).startswith("/usr"):
         python = str(executable)
     else:

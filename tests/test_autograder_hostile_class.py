@@ -95,6 +95,7 @@ def _host_paths_visible() -> str:
 def _hostile_class(lab, root: Path) -> Path:
     good = submission(lab)
     sleeps = "import time\ndef symmetric_scale(x, bits):\n    time.sleep({})\n" \
+             "    if x.abs().max() == 0:\n        raise ValueError('all zeros')\n" \
              "    return x.abs().max().to(torch.float32) / (2 ** (bits - 1) - 1)\n"
     notebooks = {
         "honest": good, "alice_b": good, "alice b": submission(lab, symmetric_scale=""), "+1+1": good,
@@ -104,8 +105,8 @@ def _hostile_class(lab, root: Path) -> Path:
         "sleeps_near_call_limit": submission(lab, symmetric_scale=sleeps.format(5)),
         "slow_but_finishes": submission(lab, symmetric_scale=sleeps.format(2.5)),
         "loop_in_answer_cell": submission(lab, dequantize="while True:\n    pass\n"),
-        "reply_too_large": submission(lab, dequantize="def dequantize(q, scale):\n    return [[]] * 3_000_000\n"),
-        "reply_too_many_items": submission(lab, dequantize="def dequantize(q, scale):\n    return [[]] * 1_500_000\n"),
+        "reply_too_large": submission(lab, dequantize="def dequantize(q, scale):\n    return 'x' * (12 << 20)\n"),
+        "reply_too_many_items": submission(lab, dequantize="def dequantize(q, scale):\n    return [0] * 1_200_000\n"),
         "shared_memory": _rewarded_if(SHARED_MEMORY, lab),
         "namespaces_ptrace": _rewarded_if(NAMESPACES_AND_PTRACE, lab),
         "host_paths": _rewarded_if(_host_paths_visible(), lab),

@@ -24,12 +24,25 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--unsafe", action="store_true", help="run without the bwrap sandbox (marked in the CSV)")
     grade.add_argument("--course", type=Path, default=REPO_ROOT, help="course root (default: this repo)")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    _budget_arguments(grade)
     check = sub.add_parser("check", help="students: run your notebook the way grading will (visible tests)")
     check.add_argument("notebook", type=Path)
     check.add_argument("--lab", help="lab name (default: the notebook's file name)")
     check.add_argument("--course", type=Path, default=REPO_ROOT, help="course root (default: this repo)")
     check.add_argument("--sandbox", action="store_true", help="use the bwrap sandbox (default: plain process)")
     return parser
+
+
+def _budget_arguments(grade: argparse.ArgumentParser) -> None:
+    """Time budgets relative to the reference solution's measured time (see autograder.sandbox.TimeBudget)."""
+    from .sandbox import TimeBudget
+    default = TimeBudget()
+    for flag, field, text in (("--time-factor", "factor", "each cell and call: this many times the reference's time"),
+                              ("--time-floor", "floor_seconds", "... but at least this many seconds"),
+                              ("--total-factor", "total_factor", "the whole notebook: this many times the reference's"),
+                              ("--total-floor", "total_floor_seconds", "... but at least this many seconds")):
+        grade.add_argument(flag, dest=field, type=float, default=getattr(default, field),
+                           help=f"{text} (default {getattr(default, field):g})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "grade":
         from .grade import GradingRefused, grade_class
+        from .sandbox import TimeBudget
+        budget = TimeBudget(factor=args.factor, floor_seconds=args.floor_seconds, total_factor=args.total_factor,
+                            total_floor_seconds=args.total_floor_seconds)
         try:
             grade_class(args.lab, args.submissions, args.out, args.course, jobs=args.jobs, force=args.force,
-                        unsafe=args.unsafe, progress=not args.quiet)
+                        unsafe=args.unsafe, progress=not args.quiet, time_budget=budget)
         except (GradingRefused, FileNotFoundError) as exc:
             print(f"autograder: {exc}", file=sys.stderr)
             return 2

@@ -28,24 +28,12 @@ import torch
 from . import wire
 from .checks import _api, add_checks_path, find_check_module
 from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
-from .sandbox import BREACHES, Breach, Limits, Sandbox
+from .sandbox import BREACHES, Breach, Limits, Sandbox, TimeBudget
 
 GRADER_VERSION = "2"
 STATUS_ORDER = ("invalid-notebook", "timeout", "memory", "crashed", "flagged", "tampered", "slow", "ok")
 _MAGIC_LINE = re.compile(r"^(\s*)[%!]")
 STARTUP = "<start-up>"  # timing key of the sandbox's start-up (interpreter, imports) before the first cell
-
-
-@dataclass(frozen=True)
-class TimeBudget:
-    """How a lab's time limits follow from its reference solution's measured grading time (generous: a
-    correct but naive answer may well be several times slower than the reference)."""
-
-    factor: float = 10.0              # each sandbox cell and each call: this many times the reference's time
-    floor_seconds: float = 10.0       # ... but never less than this
-    total_factor: float = 5.0         # the whole submission: this many times the reference's grading time
-    total_floor_seconds: float = 60.0  # ... but never less than this
-    slow_factor: float = 3.0          # slower than this many times the reference (+ floor_seconds): `slow`
 
 
 def budget(limits: Limits, timing: dict, plan: TimeBudget = TimeBudget(), load: float = 1.0) -> Limits:

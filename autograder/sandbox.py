@@ -62,6 +62,18 @@ class Limits:
     message_bytes: int = 8 << 20  # one reply (a lab's largest is a few hundred KiB)
 
 
+@dataclass(frozen=True)
+class TimeBudget:
+    """How a lab's time limits follow from its reference solution's measured grading time (generous: a
+    correct but naive answer may well be several times slower than the reference)."""
+
+    factor: float = 10.0              # each sandbox cell and each call: this many times the reference's time
+    floor_seconds: float = 10.0       # ... but never less than this
+    total_factor: float = 5.0         # the whole submission: this many times the reference's grading time
+    total_floor_seconds: float = 60.0  # ... but never less than this
+    slow_factor: float = 3.0          # slower than this many times the reference (+ floor_seconds): `slow`
+
+
 class SandboxUnavailable(RuntimeError):
     """bwrap is missing or cannot create namespaces here."""
 

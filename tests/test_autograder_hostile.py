@@ -22,8 +22,8 @@ from autograder import seccomp, wire
 from autograder.cgroups import memory_cgroups
 from autograder.grade import write_outputs
 from autograder.notebook import MAX_NOTEBOOK_BYTES, parse_notebook
-from autograder.runner import Course
-from autograder.sandbox import Breach, Limits, Sandbox, bwrap_problem
+from autograder.runner import Course, budget
+from autograder.sandbox import Breach, Limits, Sandbox, TimeBudget, bwrap_problem
 from autograder.submissions import UnreadableSubmission, discover, read_notebook_file, unpack_zip
 from autograder.text import csv_cell, printable
 
@@ -319,3 +319,15 @@ def test_seccomp_refuses_namespaces_ptrace_and_uncounted_memory_and_host_paths_a
     assert probe["private_mmap"] == 0 and probe["fork"] == 0
     for host in (sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[1])):
         assert host not in probe["executable"] and host not in probe["path"], (host, probe)
+
+
+def test_time_budgets_follow_the_reference_with_factor_floor_ceiling_and_load():
+    timing = {"cells": {"<start-up>": 3.0, "answer": 0.01}, "tests": {"t1": 0.2, "t2": 2.5}, "total": 20.0}
+    ceilings = Limits(wall_seconds=600, call_seconds=60, cell_seconds=25)
+    applied = budget(ceilings, timing, TimeBudget(factor=10, floor_seconds=10, total_factor=5,
+                                                   total_floor_seconds=60, slow_factor=3))
+    assert dict(applied.cell_budgets) == {"<start-up>": 25.0, "answer": 10.0}  # capped at 25; floor 10
+    assert applied.call_seconds == 25.0 and applied.wall_seconds == 100.0 and applied.slow_seconds == 60.0
+    loaded = budget(ceilings, timing, TimeBudget(), load=4.0)  # 8 jobs on 2 cores
+    assert loaded.wall_seconds == 400.0 and loaded.call_seconds == 60.0
+    assert budget(Limits(wall_seconds=30), timing).wall_seconds == 30.0  # never above the ceiling

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from autograder.grade import grade_class
-from autograder.runner import TimeBudget
-from autograder.sandbox import Limits, bwrap_problem
+from autograder.sandbox import Limits, TimeBudget, bwrap_problem
 
 from autograder_helpers import FIXTURE_COURSE, FIXTURE_LAB, fixture_lab, submission, write_class
 

@@ -266,7 +266,12 @@ class Sandbox:
         self.uid: int | None = None
         self.expired = False      # set by the watchdog
         self.cgroup = MemoryCgroup.create(limits.memory_bytes) if mode == "bwrap" else None
-        self.proc = self._launch()
+        try:
+            self.proc = self._launch()
+        except BaseException:
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            raise
         os.set_blocking(self.proc.stdin.fileno(), False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ)

@@ -57,7 +57,8 @@ probe = {
     "ptrace(PTRACE_TRACEME)": outcome(lambda: checked(libc.ptrace, 0, 0, None, None)),
     "memfd_create": outcome(lambda: os.memfd_create("x")),
     "mmap(MAP_SHARED|MAP_ANONYMOUS)": outcome(lambda: len(mmap.mmap(-1, 1 << 20))),
-    "network (TCP to 127.0.0.1:22)": outcome(lambda: socket.create_connection(("127.0.0.1", 22), timeout=1) and "connected"),
+    "network (TCP to 127.0.0.1:22)": outcome(lambda: socket.create_connection(("127.0.0.1", 22), timeout=1)
+                                             and "connected"),
     "write 1 GiB to /tmp": fill("/tmp/f", 1024),
     "write 1 GiB to /dev/shm": fill("/dev/shm/f", 1024),
     "write 1 GiB to /scratch": fill("/scratch/f", 1024),

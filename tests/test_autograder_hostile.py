@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 import threading
@@ -27,7 +26,7 @@ from autograder.sandbox import Breach, Limits, Sandbox, TimeBudget, bwrap_proble
 from autograder.submissions import UnreadableSubmission, discover, read_notebook_file, unpack_zip
 from autograder.text import csv_cell, printable
 
-from autograder_helpers import FIXTURE_COURSE, FIXTURE_LAB, fixture_lab, submission
+from autograder_helpers import FIXTURE_COURSE, STALL_REQUEST_PIPE, fixture_lab, submission
 
 LAB = "lab1_linear"
 
@@ -183,19 +182,7 @@ def test_reader_splits_lines_and_counts_items_before_parsing():
 
 # -- the sandbox itself ------------------------------------------------------------------------------------
 needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None, reason=f"no usable bwrap: {bwrap_problem()}")
-STALL = """import fcntl, os, stat
-for fd in range(3, 64):
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-            fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ
-            kept = os.dup(fd)
-            dead_r, dead_w = os.pipe()
-            os.dup2(dead_r, fd)
-    except OSError:
-        pass
-def f(x):
-    return 0
-"""
+STALL = STALL_REQUEST_PIPE + "def f(x):\n    return 0\n"
 
 
 def _started(sandbox: Sandbox, source: str) -> dict:

@@ -17,7 +17,8 @@ import pytest
 from autograder.grade import grade_class
 from autograder.sandbox import Limits, TimeBudget, bwrap_problem
 
-from autograder_helpers import FIXTURE_COURSE, FIXTURE_LAB, fixture_lab, submission, write_class
+from autograder_helpers import (FIXTURE_COURSE, FIXTURE_LAB, STALL_REQUEST_PIPE, fixture_lab, submission,
+                                write_class)
 
 pytestmark = [pytest.mark.xdist_group("autograder-hostile"),
               pytest.mark.skipif(bwrap_problem() is not None, reason=f"no usable bwrap: {bwrap_problem()}")]
@@ -41,17 +42,7 @@ def _rewarded_if(condition_code: str, lab) -> bytes:
         "    if _escaped:\n" + CORRECT_QUANTIZE.replace("    ", "        ", 2) + "\n" + WRONG_QUANTIZE + "\n"))
 
 
-STALL_PIPE = """import fcntl, os, stat
-for fd in range(3, 64):  # the request pipe: keep a reader open so writes do not fail, then stop reading
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
-            fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe
-            _kept = os.dup(fd)
-            _dead_r, _dead_w = os.pipe()
-            os.dup2(_dead_r, fd)
-    except OSError:
-        pass
-def symmetric_scale(x, bits):
+STALL_PIPE = STALL_REQUEST_PIPE + """def symmetric_scale(x, bits):
     return x.abs().max().to(torch.float32) / (2 ** (bits - 1) - 1)
 """
 SHARED_MEMORY = """import mmap, os

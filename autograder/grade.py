@@ -11,8 +11,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import feedback
 from .gradebook import write_gradebook
 from .notebook import build_plan, parse_notebook
-from .runner import Course, Lab, TimeBudget, budget, grade_submission
+from .runner import Course, Lab, TimeBudget, budget, flag_slow, grade_submission, within_budget
 from .sandbox import BREACHES, Limits, bwrap_problem, enforcement
 from .submissions import (Submission, UnreadableSubmission, discover, fill_answers, read_notebook_file,
                           solution_answers, student_id_for, unpack_zip)
@@ -215,48 +215,72 @@ def _save(out: Path, student_id: str, key: str, result: dict) -> None:
 def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode: str, limits: Limits, out: Path,
                    jobs: int | None, progress: bool, results: dict[str, dict], force: bool = False,
                    time_budget: TimeBudget = TimeBudget()) -> None:
+    """Grade ``todo`` in a pool under the lab's time budget. While the reference solution is being timed
+    (once per lab and grader version), the other workers already grade the first students under the
+    budget's floors (no budget is lower); such a result is kept only if it stayed within the budget found,
+    else it is graded again under that budget."""
     if not todo:
         return
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
                              initargs=(str(course.root), lab.name)) as pool:
-        timing = _reference_timing(pool, lab, fingerprint, mode, limits, out, force)
+        reference = _Reference(lab, fingerprint, mode, limits, out)
+        timing = reference.cached(force)
+        early = [] if timing is not None else todo[:jobs - 1]
+        provisional = replace(limits, wall_seconds=min(limits.wall_seconds, time_budget.total_floor_seconds),
+                              call_seconds=min(limits.call_seconds, time_budget.floor_seconds),
+                              cell_seconds=min(limits.cell_seconds, time_budget.floor_seconds))  # <= any budget
+        pending = {pool.submit(_pool_grade, sub.student_id, data, mode, provisional): (sub, key, data, True)
+                   for sub, key, data in early}
+        if timing is None:
+            timing = reference.measure(pool)
         applied = budget(limits, timing, time_budget, load=jobs / (os.cpu_count() or 1))
-        futures = {pool.submit(_pool_grade, sub.student_id, data, mode, applied): (sub, key)
-                   for sub, key, data in todo}
-        bar = tqdm(total=len(futures), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
-        for future in as_completed(futures):
-            sub, key = futures[future]
-            _, result = future.result()
-            if sub.problem:
-                result["reasons"] = [sub.problem, *result["reasons"]]
-            _save(out, sub.student_id, key, result)
-            results[sub.student_id] = result
-            bar.update(1)
+        pending.update({pool.submit(_pool_grade, sub.student_id, data, mode, applied): (sub, key, data, False)
+                        for sub, key, data in todo[len(early):]})
+        bar = tqdm(total=len(todo), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                sub, key, data, speculative = pending.pop(future)
+                _, result = future.result()
+                if speculative and not within_budget(result, applied):
+                    pending[pool.submit(_pool_grade, sub.student_id, data, mode, applied)] = (sub, key, data, False)
+                    continue
+                flag_slow(result, applied)
+                if sub.problem:
+                    result["reasons"] = [sub.problem, *result["reasons"]]
+                _save(out, sub.student_id, key, result)
+                results[sub.student_id] = result
+                bar.update(1)
         bar.close()
 
 
-def _reference_timing(pool: ProcessPoolExecutor, lab: Lab, fingerprint: str, mode: str, limits: Limits, out: Path,
-                      force: bool) -> dict:
-    """The reference solution's grading time per sandbox cell, per test cell and in total (graded in the
-    pool like any submission; cached in ``out/reference.json``). Refuses a lab whose reference breaches."""
-    data = fill_answers(lab.released_bytes, solution_answers(lab.source_bytes))
-    key = result_key(data, fingerprint, mode, limits)
-    path = out / "reference.json"
-    try:
-        record = json.loads(path.read_bytes())
-        if not force and record["key"] == key:
-            return record["timing"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    _, result = pool.submit(_pool_grade, "reference", data, mode, limits).result()
-    if result["status"] in BREACHES or "timing" not in result:
-        raise GradingRefused(f"the reference solution of {lab.name} does not grade cleanly ({result['status']}: "
-                             f"{'; '.join(result['reasons'])}); fix the lab or raise the limits before grading")
-    atomic_write(path, json.dumps({"key": key, "timing": result["timing"], "score": result["score"],
-                                   "max_score": result["max_score"]}, indent=1, sort_keys=True).encode())
-    return result["timing"]
+class _Reference:
+    """The reference solution's grading time per sandbox cell, per test cell and in total, measured in the
+    pool like any submission and kept in ``out/reference.json``. A reference that breaches stops the run."""
+
+    def __init__(self, lab: Lab, fingerprint: str, mode: str, limits: Limits, out: Path) -> None:
+        self.lab, self.mode, self.limits, self.path = lab, mode, limits, out / "reference.json"
+        self.data = fill_answers(lab.released_bytes, solution_answers(lab.source_bytes))
+        self.key = result_key(self.data, fingerprint, mode, limits)
+
+    def cached(self, force: bool) -> dict | None:
+        try:
+            record = json.loads(self.path.read_bytes())
+            return record["timing"] if not force and record["key"] == self.key else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def measure(self, pool: ProcessPoolExecutor) -> dict:
+        _, result = pool.submit(_pool_grade, "reference", self.data, self.mode, self.limits).result()
+        if result["status"] in BREACHES or "timing" not in result:
+            raise GradingRefused(f"the reference solution of {self.lab.name} does not grade cleanly "
+                                 f"({result['status']}: {'; '.join(result['reasons'])}); fix the lab or raise "
+                                 "the limits before grading")
+        atomic_write(self.path, json.dumps({"key": self.key, "timing": result["timing"], "score": result["score"],
+                                            "max_score": result["max_score"]}, indent=1, sort_keys=True).encode())
+        return result["timing"]
 
 
 def test_columns(lab: Lab) -> tuple[list[tuple[str, float]], list[tuple[str, float]], list[str]]:

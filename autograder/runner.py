@@ -269,10 +269,6 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     cells, breach, events, hits, uid, timing = _run_tests(plan, lab, mode, limits, sandbox_paths)
     result["sandbox_uid"] = uid
     result["timing"] = timing  # informational (never in the CSV); the reference's sets the lab's budget
-    if breach is None and limits.slow_seconds and timing["total"] > limits.slow_seconds:
-        statuses.append("slow")
-        reasons.append(f"graded in {timing['total']:.0f} s, far slower than the reference solution "
-                       f"(flagged beyond {limits.slow_seconds:.0f} s); the score stands")
     if hits:
         statuses.append("flagged")
         reasons.append("called protected reference implementation(s): " + ", ".join(sorted(set(hits))))
@@ -288,7 +284,30 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     result["reasons"] = list(dict.fromkeys(reasons))
     result["score"] = sum(c["score"] for c in cells)
     result["max_score"] = sum(c["max_score"] for c in cells)
+    flag_slow(result, limits)
     return result
+
+
+def flag_slow(result: dict, limits: Limits) -> None:
+    """Mark a grading that finished but took more than ``limits.slow_seconds`` as ``slow`` (score kept)."""
+    total = result.get("timing", {}).get("total", 0.0)
+    if not limits.slow_seconds or total <= limits.slow_seconds or result["status"] in BREACHES:
+        return
+    result["status"] = min([result["status"], "slow"], key=STATUS_ORDER.index)
+    result["reasons"] = [*result["reasons"], f"graded in {total:.0f} s, far slower than the reference solution "
+                                             f"(flagged beyond {limits.slow_seconds:.0f} s); the score stands"]
+
+
+def within_budget(result: dict, limits: Limits) -> bool:
+    """True when a result graded under looser limits never came near breaching ``limits``: grading under
+    ``limits`` gives the same result (bar the ``slow`` flag, see :func:`flag_slow`)."""
+    timing = result.get("timing")
+    if not timing or result["status"] in BREACHES:
+        return False
+    budgets = dict(limits.cell_budgets)
+    return all(seconds <= budgets.get(key, limits.cell_seconds) for key, seconds in timing["cells"].items()) \
+        and all(seconds <= limits.call_seconds for seconds in timing["tests"].values()) \
+        and timing["total"] <= limits.wall_seconds
 
 
 def _invalid(result: dict, released_nb: dict, reason: str) -> dict:

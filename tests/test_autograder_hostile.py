@@ -21,7 +21,7 @@ from autograder import seccomp, wire
 from autograder.cgroups import memory_cgroups
 from autograder.grade import write_outputs
 from autograder.notebook import MAX_NOTEBOOK_BYTES, parse_notebook
-from autograder.runner import Course, budget
+from autograder.runner import Course, budget, flag_slow, within_budget
 from autograder.sandbox import Breach, Limits, Sandbox, TimeBudget, bwrap_problem
 from autograder.submissions import UnreadableSubmission, discover, read_notebook_file, unpack_zip
 from autograder.text import csv_cell, printable
@@ -318,3 +318,16 @@ def test_time_budgets_follow_the_reference_with_factor_floor_ceiling_and_load():
     loaded = budget(ceilings, timing, TimeBudget(), load=4.0)  # 8 jobs on 2 cores
     assert loaded.wall_seconds == 400.0 and loaded.call_seconds == 60.0
     assert budget(Limits(wall_seconds=30), timing).wall_seconds == 30.0  # never above the ceiling
+
+
+def test_a_result_graded_before_the_budget_is_kept_only_if_it_fits_the_budget():
+    applied = Limits(wall_seconds=60, call_seconds=10, cell_budgets=(("<start-up>", 20.0),), cell_seconds=10,
+                     slow_seconds=30)
+    fits = {"status": "ok", "reasons": [], "timing": {"cells": {"<start-up>": 15.0, "answer": 2.0},
+                                                      "tests": {"t": 9.0}, "total": 35.0}}
+    assert within_budget(fits, applied)
+    for key, value in (("cells", {"<start-up>": 21.0}), ("tests", {"t": 11.0}), ("total", 61.0)):
+        assert not within_budget({**fits, "timing": {**fits["timing"], key: value}}, applied), key
+    assert not within_budget({**fits, "status": "timeout"}, applied)
+    flag_slow(fits, applied)  # 35 s > 30 s: slow, and says so
+    assert fits["status"] == "slow" and "slower than the reference" in fits["reasons"][-1]

@@ -31,12 +31,25 @@ def _parser() -> argparse.ArgumentParser:
                        help="grade with the public inputs (no secret): not for credit, said in the CSV and feedback")
     secret = sub.add_parser("secret", help="create the course secret OUT/grading-secret (once per course offering)")
     secret.add_argument("--out", type=Path, required=True, help="the grading output folder (next to the gradebook)")
+    _budget_arguments(grade)
     check = sub.add_parser("check", help="students: run your notebook the way grading will (visible tests)")
     check.add_argument("notebook", type=Path)
     check.add_argument("--lab", help="lab name (default: the notebook's file name)")
     check.add_argument("--course", type=Path, default=REPO_ROOT, help="course root (default: this repo)")
     check.add_argument("--sandbox", action="store_true", help="use the bwrap sandbox (default: plain process)")
     return parser
+
+
+def _budget_arguments(grade: argparse.ArgumentParser) -> None:
+    """Time budgets relative to the reference solution's measured time (see autograder.sandbox.TimeBudget)."""
+    from .sandbox import TimeBudget
+    default = TimeBudget()
+    for flag, field, text in (("--time-factor", "factor", "each cell and call: this many times the reference's time"),
+                              ("--time-floor", "floor_seconds", "... but at least this many seconds"),
+                              ("--total-factor", "total_factor", "the whole notebook: this many times the reference's"),
+                              ("--total-floor", "total_floor_seconds", "... but at least this many seconds")):
+        grade.add_argument(flag, dest=field, type=float, default=getattr(default, field),
+                           help=f"{text} (default {getattr(default, field):g})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "grade":
         from .grade import GradingRefused, grade_class
+        from .sandbox import TimeBudget
+        budget = TimeBudget(factor=args.factor, floor_seconds=args.floor_seconds, total_factor=args.total_factor,
+                            total_floor_seconds=args.total_floor_seconds)
         try:
             grade_class(args.lab, args.submissions, args.out, args.course, jobs=args.jobs, force=args.force,
                         unsafe=args.unsafe, progress=not args.quiet, practice=args.practice,
-                        secret_file=args.secret_file)
+                        secret_file=args.secret_file, time_budget=budget)
         except (GradingRefused, FileNotFoundError) as exc:
             print(f"autograder: {exc}", file=sys.stderr)
             return 2

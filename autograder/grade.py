@@ -11,8 +11,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,12 +20,14 @@ from tqdm import tqdm
 from . import feedback
 from .gradebook import write_gradebook
 from .notebook import build_plan, parse_notebook
-from .runner import Course, Lab, grade_submission
-from .sandbox import Limits, bwrap_problem
+from .runner import Course, Lab, TimeBudget, budget, flag_slow, grade_submission, within_budget
+from .sandbox import BREACHES, Limits, bwrap_problem, enforcement
 from .secret import ENV_VAR, SecretProblem, find_secret
-from .submissions import Submission, discover, unpack_zip
+from .submissions import (Submission, UnreadableSubmission, discover, fill_answers, read_notebook_file,
+                          solution_answers, student_id_for, unpack_zip)
+from .text import csv_cell, printable
 
-STATUSES = ("ok", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
+STATUSES = ("ok", "slow", "timeout", "memory", "crashed", "invalid-notebook", "tampered", "flagged")
 # score / max_score count the autograded cells only; hand_graded_max is what the written answers add (nbgrader's
 # export adds them too, so its max score is max_score + hand_graded_max).
 FIXED_COLUMNS = ["student_id", "lab", "score", "max_score", "status", "reason", "sandbox", "hand_graded_max"]
@@ -65,8 +67,7 @@ def _pool_init(course_root: str, lab: str, secret: bytes | None = None, practice
     _POOL_LAB = Lab.load(_POOL_COURSE, lab, secret, practice)
 
 
-def _pool_grade(student_id: str, path: str, mode: str, limits: Limits) -> tuple[str, dict]:
-    data = Path(path).read_bytes()
+def _pool_grade(student_id: str, data: bytes, mode: str, limits: Limits) -> tuple[str, dict]:
     try:
         result = grade_submission(_POOL_LAB, data, mode, limits, _POOL_COURSE.sandbox_paths)
     except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the whole class
@@ -114,11 +115,13 @@ def course_secret_for(out: Path, secret: bytes | None, secret_file: Path | None)
 def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, jobs: int | None = None,
                 force: bool = False, unsafe: bool = False, limits: Limits = Limits(),
                 progress: bool = True, secret: bytes | None = None, practice: bool = False,
-                secret_file: Path | None = None) -> dict[str, dict]:
+                secret_file: Path | None = None, time_budget: TimeBudget = TimeBudget()) -> dict[str, dict]:
     """Grade every submission of ``lab_name`` under ``submissions`` into ``out``; returns student -> result.
 
     The hidden checks' inputs come from the course secret (``secret``, else :func:`autograder.secret.find_secret`);
     without one, grading is refused unless ``practice`` (public inputs, said in every result).
+    ``limits`` are ceilings; the time limits actually applied follow from the reference solution's measured
+    grading time (``time_budget``, measured once per lab and grader version, kept in ``out/reference.json``).
     """
     secret = None if practice else course_secret_for(out, secret, secret_file)
     mode = choose_mode(unsafe)
@@ -131,19 +134,22 @@ def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, 
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lowbit-zip-") as unzip_dir:
-        root = Path(submissions)
+        root, skipped = Path(submissions), []
         if root.is_file() and root.suffix == ".zip":
-            root = unpack_zip(root, Path(unzip_dir))
+            root, skipped = unpack_zip(root, Path(unzip_dir))
         elif not root.is_dir():
             raise GradingRefused(f"{root} is neither a folder of submissions nor a .zip")
-        found = discover(root, lab_name)
+        found = _with_zip_problems(discover(root, lab_name), skipped, root, Path(unzip_dir))
         results, todo = _reuse_cached(found, lab, fingerprint, mode, limits, out, force)
         start = time.perf_counter()
-        _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results)
+        _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results, force,
+                       time_budget)
         graded_seconds = time.perf_counter() - start
     start = time.perf_counter()
     write_outputs(lab, course, out, results)
-    print(f"{summary(results)}\n{len(todo)} graded now ({len(results) - len(todo)} reused) in {graded_seconds:.1f} s; "
+    enforced = enforcement(mode)
+    print(f"{summary(results)}\nsandbox: {mode}; memory: {enforced['memory']}; seccomp: {enforced['seccomp']}"
+          f"\n{len(todo)} graded now ({len(results) - len(todo)} reused) in {graded_seconds:.1f} s; "
           f"CSV, feedback and gradebook written in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return results
 
@@ -152,31 +158,73 @@ def _result_path(out: Path, student_id: str) -> Path:
     return out / "results" / f"{student_id}.json"
 
 
+def _with_zip_problems(found: list[Submission], skipped: list[tuple[str, str]], root: Path,
+                       unzip_dir: Path) -> list[Submission]:
+    """Attach the zip entries that could not be extracted to the rows of the students they belong to."""
+    if not skipped:
+        return found
+    inner = root.relative_to(unzip_dir).parts if root.is_relative_to(unzip_dir) else ()
+    by_student: dict[str, list[str]] = {}
+    for name, reason in skipped:
+        parts = Path(name).parts[len(inner):]
+        problem = f"zip entry {printable(name)!r} not extracted: {reason}"
+        if len(parts) > 1:
+            by_student.setdefault(student_id_for(parts[0]), []).append(problem)
+        else:
+            print(f"WARNING: {problem}", file=sys.stderr)
+    found = [Submission(s.student_id, s.path, "; ".join(filter(None, [s.problem, *by_student.pop(s.student_id, [])])),
+                        s.refused) for s in found]
+    for student, problems in sorted(by_student.items()):
+        print(f"WARNING: {'; '.join(problems)}", file=sys.stderr)
+        found.append(Submission(student, None, "; ".join(problems)))
+    return found
+
+
 def _reuse_cached(found: list[Submission], lab: Lab, fingerprint: str, mode: str, limits: Limits, out: Path,
-                  force: bool) -> tuple[dict[str, dict], list[tuple[Submission, str]]]:
+                  force: bool) -> tuple[dict[str, dict], list[tuple[Submission, str, bytes]]]:
     results: dict[str, dict] = {}
     todo = []
+    duplicated = [s for s, n in Counter(sub.student_id for sub in found).items() if n > 1]
+    if duplicated:  # discover() gives every folder its own id; anything else is a grader bug
+        raise GradingRefused(f"two submissions share the student id(s) {', '.join(duplicated)}")
     for sub in found:
-        if sub.student_id in results or any(s.student_id == sub.student_id for s, _ in todo):
-            continue
-        data = sub.path.read_bytes() if sub.path else sub.problem.encode()
-        key = result_key(data, fingerprint, mode, limits)
-        cached = _result_path(out, sub.student_id)
-        if not force and cached.is_file():
+        data, problem = None, sub.problem
+        if sub.path is not None and not sub.refused:
             try:
-                record = json.loads(cached.read_text())
-                if record.get("key") == key:
-                    results[sub.student_id] = record["result"]
-                    continue
-            except (ValueError, KeyError):
-                pass
-        if sub.path is None:
-            result = _missing_result(lab, mode, sub.problem)
+                data = read_notebook_file(sub.path)
+            except UnreadableSubmission as exc:
+                problem = "; ".join(filter(None, [problem, str(exc)]))
+        key = result_key(data if data is not None else problem.encode("utf-8", "replace"), fingerprint, mode,
+                         limits)
+        if not force:
+            cached = _load_cached(out, sub.student_id, key)
+            if cached is not None:
+                results[sub.student_id] = cached
+                continue
+        if data is None:
+            result = _missing_result(lab, mode, problem)
             _save(out, sub.student_id, key, result)
             results[sub.student_id] = result
             continue
-        todo.append((sub, key))
+        todo.append((sub, key, data))
     return results, todo
+
+
+_RESULT_FIELDS = {"lab": str, "sandbox": str, "status": str, "reasons": list, "cells": list, "score": float,
+                  "max_score": float}
+
+
+def _load_cached(out: Path, student_id: str, key: str) -> dict | None:
+    """The cached result for this key, or None when there is none or it is unreadable or malformed."""
+    try:
+        record = json.loads(_result_path(out, student_id).read_bytes())
+        result = record["result"]
+        if record["key"] != key or not all(isinstance(result.get(k), (int, float) if t is float else t)
+                                           for k, t in _RESULT_FIELDS.items()):
+            return None
+        return result
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _save(out: Path, student_id: str, key: str, result: dict) -> None:
@@ -185,25 +233,74 @@ def _save(out: Path, student_id: str, key: str, result: dict) -> None:
 
 
 def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode: str, limits: Limits, out: Path,
-                   jobs: int | None, progress: bool, results: dict[str, dict]) -> None:
+                   jobs: int | None, progress: bool, results: dict[str, dict], force: bool = False,
+                   time_budget: TimeBudget = TimeBudget()) -> None:
+    """Grade ``todo`` in a pool under the lab's time budget. While the reference solution is being timed
+    (once per lab and grader version), the other workers already grade the first students under the
+    budget's floors (no budget is lower); such a result is kept only if it stayed within the budget found,
+    else it is graded again under that budget."""
     if not todo:
         return
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
                              initargs=(str(course.root), lab.name, lab.secret, lab.practice)) as pool:
-        futures = {pool.submit(_pool_grade, sub.student_id, str(sub.path), mode, limits): (sub, key)
-                   for sub, key in todo}
-        bar = tqdm(total=len(futures), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
-        for future in as_completed(futures):
-            sub, key = futures[future]
-            _, result = future.result()
-            if sub.problem:
-                result["reasons"] = [sub.problem, *result["reasons"]]
-            _save(out, sub.student_id, key, result)
-            results[sub.student_id] = result
-            bar.update(1)
+        reference = _Reference(lab, fingerprint, mode, limits, out)
+        timing = reference.cached(force)
+        early = [] if timing is not None else todo[:jobs - 1]
+        provisional = replace(limits, wall_seconds=min(limits.wall_seconds, time_budget.total_floor_seconds),
+                              call_seconds=min(limits.call_seconds, time_budget.floor_seconds),
+                              cell_seconds=min(limits.cell_seconds, time_budget.floor_seconds))  # <= any budget
+        pending = {pool.submit(_pool_grade, sub.student_id, data, mode, provisional): (sub, key, data, True)
+                   for sub, key, data in early}
+        if timing is None:
+            timing = reference.measure(pool)
+        applied = budget(limits, timing, time_budget, load=jobs / (os.cpu_count() or 1))
+        pending.update({pool.submit(_pool_grade, sub.student_id, data, mode, applied): (sub, key, data, False)
+                        for sub, key, data in todo[len(early):]})
+        bar = tqdm(total=len(todo), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                sub, key, data, speculative = pending.pop(future)
+                _, result = future.result()
+                if speculative and not within_budget(result, applied):
+                    pending[pool.submit(_pool_grade, sub.student_id, data, mode, applied)] = (sub, key, data, False)
+                    continue
+                flag_slow(result, applied)
+                if sub.problem:
+                    result["reasons"] = [sub.problem, *result["reasons"]]
+                _save(out, sub.student_id, key, result)
+                results[sub.student_id] = result
+                bar.update(1)
         bar.close()
+
+
+class _Reference:
+    """The reference solution's grading time per sandbox cell, per test cell and in total, measured in the
+    pool like any submission and kept in ``out/reference.json``. A reference that breaches stops the run."""
+
+    def __init__(self, lab: Lab, fingerprint: str, mode: str, limits: Limits, out: Path) -> None:
+        self.lab, self.mode, self.limits, self.path = lab, mode, limits, out / "reference.json"
+        self.data = fill_answers(lab.released_bytes, solution_answers(lab.source_bytes))
+        self.key = result_key(self.data, fingerprint, mode, limits)
+
+    def cached(self, force: bool) -> dict | None:
+        try:
+            record = json.loads(self.path.read_bytes())
+            return record["timing"] if not force and record["key"] == self.key else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def measure(self, pool: ProcessPoolExecutor) -> dict:
+        _, result = pool.submit(_pool_grade, "reference", self.data, self.mode, self.limits).result()
+        if result["status"] in BREACHES or "timing" not in result:
+            raise GradingRefused(f"the reference solution of {self.lab.name} does not grade cleanly "
+                                 f"({result['status']}: {'; '.join(result['reasons'])}); fix the lab or raise "
+                                 "the limits before grading")
+        atomic_write(self.path, json.dumps({"key": self.key, "timing": result["timing"], "score": result["score"],
+                                            "max_score": result["max_score"]}, indent=1, sort_keys=True).encode())
+        return result["timing"]
 
 
 def test_columns(lab: Lab) -> tuple[list[tuple[str, float]], list[tuple[str, float]], list[str]]:
@@ -217,7 +314,8 @@ def _number(value: float) -> str:
 
 
 def grades_csv(lab: Lab, results: dict[str, dict]) -> bytes:
-    """The class CSV: sorted rows, fixed float format, no timestamps — same inputs, same bytes."""
+    """The class CSV: sorted rows, fixed float format, no timestamps — same inputs, same bytes. Text cells are
+    valid UTF-8 and never start like a spreadsheet formula (see :func:`autograder.text.csv_cell`)."""
     tests, _, _ = test_columns(lab)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -225,19 +323,29 @@ def grades_csv(lab: Lab, results: dict[str, dict]) -> bytes:
     for student_id in sorted(results):
         result = results[student_id]
         scores = {c["grade_id"]: c["score"] for c in result["cells"]}
-        writer.writerow([student_id, lab.name, _number(result["score"]), _number(result["max_score"]),
-                         result["status"], "; ".join(result["reasons"]), result["sandbox"],
+        writer.writerow([csv_cell(student_id), lab.name, _number(result["score"]), _number(result["max_score"]),
+                         result["status"], csv_cell("; ".join(map(str, result["reasons"]))), result["sandbox"],
                          _number(sum(m["max_score"] for m in result.get("manual", [])))]
                         + [_number(scores.get(gid, 0.0)) for gid, _ in tests])
     return buffer.getvalue().encode()
 
 
-def write_outputs(lab: Lab, course: Course, out: Path, results: dict[str, dict]) -> None:
+def write_outputs(lab: Lab, course: Course, out: Path, results: dict[str, dict]) -> list[str]:
+    """grades.csv, then each student's feedback and gradebook rows — each student on their own, so one
+    student's result can only fail that student's files. Returns the failures (also printed)."""
     atomic_write(out / "grades.csv", grades_csv(lab, results))
+    failures = []
     for student_id, result in results.items():
-        atomic_write(out / "feedback" / student_id / f"{lab.name}.html", feedback.render(student_id, result).encode())
+        try:
+            html = printable(feedback.render(student_id, result))
+            atomic_write(out / "feedback" / student_id / f"{lab.name}.html", html.encode())
+        except Exception as exc:  # noqa: BLE001 - one student's bad result must not cost the others theirs
+            failures.append(f"feedback for {student_id}: {type(exc).__name__}: {exc}")
     tests, manual, answers = test_columns(lab)
-    write_gradebook(out / "gradebook.db", lab.name, tests, manual, answers, results)
+    failures += write_gradebook(out / "gradebook.db", lab.name, tests, manual, answers, results)
+    for failure in failures:
+        print(f"WARNING: could not write {printable(failure)}", file=sys.stderr)
+    return failures
 
 
 def summary(results: dict[str, dict]) -> str:

@@ -11,6 +11,7 @@ import nbformat
 from nbgrader.utils import compute_checksum
 
 from .scan import whole_job_uses, worker_reaches
+from .text import printable
 
 MAX_NOTEBOOK_BYTES = 50 << 20
 MAX_CELL_SOURCE = 200_000
@@ -31,7 +32,7 @@ def _source(cell: dict) -> str:
         raise InvalidNotebook("a cell's source is not text")
     if len(source) > MAX_CELL_SOURCE:
         raise InvalidNotebook(f"a cell's source is longer than {MAX_CELL_SOURCE} characters")
-    return source
+    return printable(source)
 
 
 def parse_notebook(data: bytes) -> nbformat.NotebookNode:
@@ -41,8 +42,8 @@ def parse_notebook(data: bytes) -> nbformat.NotebookNode:
     if len(data) > MAX_NOTEBOOK_BYTES:
         raise InvalidNotebook(f"the file is larger than {MAX_NOTEBOOK_BYTES >> 20} MiB (clear outputs and resubmit)")
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json.loads(data.decode("utf-8", "replace"))  # stray non-UTF-8 bytes become U+FFFD
+    except json.JSONDecodeError as exc:
         raise InvalidNotebook(f"not a notebook: the file is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise InvalidNotebook("not a notebook: the JSON is not an object")

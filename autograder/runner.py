@@ -18,7 +18,7 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,31 @@ from .checks import _api, add_checks_path, find_check_module
 from .contract import Contract, load_contract
 from .feedback import not_attempted
 from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
-from .sandbox import BREACHES, Breach, Limits, Sandbox, course_package_dirs
+from .sandbox import BREACHES, Breach, Limits, Sandbox, TimeBudget, course_package_dirs
 
-GRADER_VERSION = "1"
-STATUS_ORDER = ("invalid-notebook", "timeout", "memory", "crashed", "flagged", "tampered", "ok")
+GRADER_VERSION = "2"
+STATUS_ORDER = ("invalid-notebook", "timeout", "memory", "crashed", "flagged", "tampered", "slow", "ok")
 _MAGIC_LINE = re.compile(r"^(\s*)[%!]")
+STARTUP = "<start-up>"  # timing key of the sandbox's start-up (interpreter, imports) before the first cell
+
+
+def budget(limits: Limits, timing: dict, plan: TimeBudget = TimeBudget(), load: float = 1.0) -> Limits:
+    """``limits`` with the time limits derived from the reference's ``timing`` (the "timing" of its graded
+    result: seconds per sandbox cell, per test cell and in total), never above the ceilings in ``limits``.
+    ``load``: concurrent sandboxes per core (> 1 scales every budget up)."""
+    scale = max(1.0, load)
+
+    def scaled(seconds: float, factor: float, floor: float, ceiling: float) -> float:
+        return round(min(ceiling, max(floor, factor * seconds * scale)), 1)
+
+    cells = tuple(sorted((str(key), scaled(seconds, plan.factor, plan.floor_seconds, limits.cell_seconds))
+                         for key, seconds in timing["cells"].items()))
+    slowest_test = max(timing["tests"].values(), default=0.0)
+    total = float(timing["total"])
+    return replace(limits, cell_budgets=cells,
+                   call_seconds=scaled(slowest_test, plan.factor, plan.floor_seconds, limits.call_seconds),
+                   wall_seconds=scaled(total, plan.total_factor, plan.total_floor_seconds, limits.wall_seconds),
+                   slow_seconds=round(max(plan.slow_factor * total * scale, total + plan.floor_seconds), 1))
 
 
 @dataclass(frozen=True)
@@ -282,8 +302,9 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     if scan:
         statuses.append("flagged")
         reasons.extend(scan)
-    cells, breach, events, hits, uid = _run_tests(plan, lab, mode, limits, sandbox_paths)
+    cells, breach, events, hits, uid, timing = _run_tests(plan, lab, mode, limits, sandbox_paths)
     result["sandbox_uid"] = uid
+    result["timing"] = timing  # informational (never in the CSV); the reference's sets the lab's budget
     if hits:
         statuses.append("flagged")
         reasons.append("called protected reference implementation(s): " + ", ".join(sorted(set(hits))))
@@ -301,7 +322,30 @@ def grade_submission(lab: Lab, data: bytes, mode: str, limits: Limits,
     result["reasons"] = list(dict.fromkeys(reasons))
     result["score"] = sum(c["score"] for c in cells)
     result["max_score"] = sum(c["max_score"] for c in cells)
+    flag_slow(result, limits)
     return result
+
+
+def flag_slow(result: dict, limits: Limits) -> None:
+    """Mark a grading that finished but took more than ``limits.slow_seconds`` as ``slow`` (score kept)."""
+    total = result.get("timing", {}).get("total", 0.0)
+    if not limits.slow_seconds or total <= limits.slow_seconds or result["status"] in BREACHES:
+        return
+    result["status"] = min([result["status"], "slow"], key=STATUS_ORDER.index)
+    result["reasons"] = [*result["reasons"], f"graded in {total:.0f} s, far slower than the reference solution "
+                                             f"(flagged beyond {limits.slow_seconds:.0f} s); the score stands"]
+
+
+def within_budget(result: dict, limits: Limits) -> bool:
+    """True when a result graded under looser limits never came near breaching ``limits``: grading under
+    ``limits`` gives the same result (bar the ``slow`` flag, see :func:`flag_slow`)."""
+    timing = result.get("timing")
+    if not timing or result["status"] in BREACHES:
+        return False
+    budgets = dict(limits.cell_budgets)
+    return all(seconds <= budgets.get(key, limits.cell_seconds) for key, seconds in timing["cells"].items()) \
+        and all(seconds <= limits.call_seconds for seconds in timing["tests"].values()) \
+        and timing["total"] <= limits.wall_seconds
 
 
 def _invalid(result: dict, released_nb: dict, reason: str) -> dict:
@@ -318,6 +362,27 @@ def _cell(test: TestCell, score: float, passed: bool, message: str, checks: list
             "message": message, "checks": checks, "visible_source": test.visible}
 
 
+def _await_ready(sandbox: Sandbox, plan: Plan, limits: Limits, timing: dict) -> dict:
+    """Start-up and the worker's cells, each under its own clock: the worker announces every cell before
+    running it; a cell that does not finish within its budget ends the submission as ``timeout``."""
+    budgets = dict(limits.cell_budgets)
+    start = time.monotonic()
+    message = sandbox.receive(budgets.get(STARTUP, limits.cell_seconds), "the notebook's start-up")
+    key, began = STARTUP, start
+    for _ in range(len(plan.worker_cells) + 1):
+        if message.get("event") != "cell":
+            break
+        now = time.monotonic()
+        timing["cells"][key] = round(now - began, 3)
+        key, began = str(message.get("key"))[:200], now
+        message = sandbox.receive(budgets.get(key, limits.cell_seconds), f"cell {key}")
+    if message.get("event") != "ready":
+        sandbox.kill()
+        raise Breach("crashed", "the notebook's process broke the grading protocol (unexpected start-up message)")
+    timing["cells"][key] = round(time.monotonic() - began, 3)
+    return message
+
+
 def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: tuple[Path, ...]):
     cells: list[dict] = []
     events: list[str] = []
@@ -325,10 +390,11 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
     view = student_build.package_view(tuple(lab.protected), tuple(student_build.provided_names(plan.setup_sources)))
     for path in [*course_package_dirs(), *sandbox_paths]:  # build before the submission's clock starts
         view(Path(path).resolve())
+    timing: dict = {"cells": {}, "tests": {}}
     sandbox = Sandbox(mode, limits, list(sandbox_paths), package_view=view)
     try:
         sandbox.send({"cells": plan.worker_cells, "protected": lab.protected, "sys_path": sandbox.sys_path()})
-        ready = sandbox.receive(limits.wall_seconds)
+        ready = _await_ready(sandbox, plan, limits, timing)
         cell_errors = {c.get("key"): c.get("error") for c in ready.get("cells", []) if isinstance(c, dict)
                        and not c.get("ok")}
         if any(isinstance(e, dict) and e.get("memory") for e in cell_errors.values()):
@@ -377,8 +443,10 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
         if breach is None and sandbox.proc.poll() is None and sandbox.finish():
             breach = Breach("crashed", "the notebook's process broke the grading protocol (unexpected output)")
         hits = list(sandbox.tripwire_hits)
+        timing["total"] = round(time.monotonic() - sandbox.started, 3)
         sandbox.close()
-    return cells, breach, events, hits, sandbox.uid
+    timing["tests"] = {c["grade_id"]: c["seconds"] for c in cells if "seconds" in c}
+    return cells, breach, events, hits, sandbox.uid, timing
 
 
 def split_hidden(source: str) -> tuple[str, str]:

@@ -7,7 +7,8 @@ the grader decodes every reply with ``wire.decode`` and decides all points itsel
 Protocol (JSON lines): the grader writes requests to our stdin and reads replies from the stdout we had at
 start (fd 1 is re-pointed to /dev/null before student code runs, so ``print`` cannot reach the grader).
   init  {"cells": [{"key", "source"}], "protected": [dotted names], "sys_path": [...]}
-        -> {"event": "ready", "cells": [{"key", "ok", "error"}], "names": {name: "callable"|"value"}}
+        -> {"event": "cell", "key"} before each cell (the grader's per-cell clock), then
+           {"event": "ready", "cells": [{"key", "ok", "error"}], "names": {name: "callable"|"value"}}
   call  {"id", "op": "call", "name", "args", "kwargs"} -> {"id", "ok", "value"|"error", "echo"}
         "echo": {"args", "kwargs"}: every argument encoded again after the call; the grader compares it with
         what it sent (in-place edits are judged on the trusted side; an argument that no longer encodes is null)
@@ -101,10 +102,12 @@ def describe_error(exc: BaseException) -> dict:
             "memory": isinstance(exc, MemoryError) or any(m in message for m in _MEMORY_ERROR)}
 
 
-def run_cells(cells: list[dict], namespace: dict) -> tuple[list[dict], dict[str, str]]:
-    """Execute cells in order; returns per-cell outcome and the names the cells (re)bound."""
+def run_cells(cells: list[dict], namespace: dict, starting=lambda key: None) -> tuple[list[dict], dict[str, str]]:
+    """Execute cells in order, calling ``starting(key)`` before each (the grader times every cell);
+    returns per-cell outcome and the names the cells (re)bound."""
     results, defined = [], {}
     for cell in cells:
+        starting(cell["key"])
         filename = f"<cell {cell['key']}>"
         source = strip_magics(cell["source"])
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -170,7 +173,7 @@ def main() -> None:
     install_tripwires(init.get("protected", []))
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     sys.stdout = BoundedText()
-    cells, names = run_cells(init["cells"], namespace)
+    cells, names = run_cells(init["cells"], namespace, lambda key: reply({"event": "cell", "key": key}))
     reply({"event": "ready", "cells": cells, "names": names})
     for line in proto_in:
         request = wire.loads(line)

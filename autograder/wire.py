@@ -22,6 +22,7 @@ from typing import Any
 TAG = "__t__"
 MAX_DEPTH = 32
 MAX_ITEMS = 100_000
+MAX_MESSAGE_ITEMS = 1_000_000  # values in one protocol line (json.loads of a line of 8 MiB of "[]," costs ~1 GiB)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
                 "bool", "complex64", "complex128")
@@ -208,9 +209,44 @@ def dumps(message: dict) -> bytes:
     return (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
 
-def loads(line: bytes) -> dict:
-    """Parse one protocol line; it must be a JSON object."""
+def count_items(line: bytes | bytearray) -> int:
+    """An upper bound on the JSON values in ``line`` (separators and openers), counted before parsing."""
+    return line.count(b",") + line.count(b"[") + line.count(b"{") + line.count(b":")
+
+
+def loads(line: bytes | bytearray, max_items: int = MAX_MESSAGE_ITEMS) -> dict:
+    """Parse one protocol line; it must be a JSON object of at most ``max_items`` values."""
+    if count_items(line) > max_items:
+        raise WireError(f"message holds more than {max_items} values")
     message = json.loads(line)
     if type(message) is not dict:
         raise WireError("protocol message is not a JSON object")
     return message
+
+
+class LineReader:
+    """The trusted side's buffer for replies: a ``bytearray`` (appends are amortized O(1)), each new chunk
+    scanned once for the newline, and a line cap checked as bytes arrive, before any parsing."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.buffer = bytearray()
+        self._scanned = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+
+    def line(self) -> bytearray | None:
+        """The next complete line (without its newline), or None; raises WireError past the cap."""
+        end = self.buffer.find(b"\n", self._scanned)
+        if end < 0:
+            self._scanned = len(self.buffer)
+            if len(self.buffer) > self.max_bytes:
+                raise WireError(f"a reply exceeded {self.max_bytes >> 20} MiB")
+            return None
+        if end > self.max_bytes:
+            raise WireError(f"a reply exceeded {self.max_bytes >> 20} MiB")
+        line = self.buffer[:end]
+        del self.buffer[:end + 1]
+        self._scanned = 0
+        return line

@@ -37,3 +37,18 @@ def write_class(root: Path, lab: str, notebooks: dict[str, bytes]) -> Path:
         (root / student).mkdir(parents=True, exist_ok=True)
         (root / student / f"{lab}.ipynb").write_bytes(data)
     return root
+
+
+#: Student code that stalls the grader's request pipe: shrinks it to 4 KiB, keeps a reader open (so the
+#: grader's writes do not fail) and points the worker's own end at a pipe nobody writes (so it never reads).
+STALL_REQUEST_PIPE = """import fcntl, os, stat
+for fd in range(3, 64):
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ
+            _kept = os.dup(fd)
+            _dead_r, _dead_w = os.pipe()
+            os.dup2(_dead_r, fd)
+    except OSError:
+        pass
+"""

@@ -24,7 +24,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BUILD_VERSION = b"answer-free v1"
+BUILD_VERSION = b"answer-free v2"
+#: Methods Python calls by itself while a class statement runs (kept: the package must still import).
+CLASS_CREATION_HOOKS = ("__init_subclass__", "__set_name__", "__class_getitem__", "__prepare__")
 MARKER = "ANSWER_FREE.json"
 CACHE = Path(tempfile.gettempdir()) / "lowbit-answer-free"
 _STUB = ("raise RuntimeError({name!r} ' is not available while grading: the sandbox has a copy of the course '\n"
@@ -115,6 +117,32 @@ class _Graph:
             return f"{owner}.{attr}" if f"{owner}.{attr}" in self.defs else None
         return None
 
+    def resolve(self, module: _Module, sub: ast.AST, enclosing: str | None = None) -> str | None:
+        """The package def a ``Name`` / ``Attribute`` node of ``module`` refers to (``self.x`` inside class
+        ``enclosing``), or None."""
+        dotted = None
+        if isinstance(sub, ast.Name):
+            own = f"{module.name}.{sub.id}"
+            dotted = own if own in self.defs else module.aliases.get(sub.id)
+        elif isinstance(sub, ast.Attribute):
+            chain, base = [sub.attr], sub.value
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name):
+                if base.id in ("self", "cls") and enclosing:
+                    dotted = f"{enclosing}.{chain[-1]}"
+                else:
+                    head = f"{module.name}.{base.id}" if f"{module.name}.{base.id}" in self.defs else \
+                        module.aliases.get(base.id)
+                    dotted = ".".join([head, *reversed(chain)]) if head else None
+        if not dotted:
+            return None
+        target = self.canonical(dotted)
+        while target and target not in self.defs and "." in target:
+            target = self.canonical(target.rsplit(".", 1)[0]) if target not in self.modules else None
+        return target if target in self.defs else None
+
     def references(self, qualified: str) -> set[str]:
         module, node = self.defs[qualified]
         found: set[str] = set()
@@ -122,27 +150,25 @@ class _Graph:
             found.update(q for q in self.defs if q.startswith(qualified + "."))
         enclosing = qualified.rsplit(".", 1)[0] if qualified.rsplit(".", 1)[0] in self.defs else None
         for sub in ast.walk(node):
-            dotted = None
-            if isinstance(sub, ast.Name):
-                own = f"{module.name}.{sub.id}"
-                dotted = own if own in self.defs else module.aliases.get(sub.id)
-            elif isinstance(sub, ast.Attribute):
-                chain, base = [sub.attr], sub.value
-                while isinstance(base, ast.Attribute):
-                    chain.append(base.attr)
-                    base = base.value
-                if isinstance(base, ast.Name):
-                    if base.id in ("self", "cls") and enclosing:
-                        dotted = f"{enclosing}.{chain[-1]}"
-                    else:
-                        head = f"{module.name}.{base.id}" if f"{module.name}.{base.id}" in self.defs else \
-                            module.aliases.get(base.id)
-                        dotted = ".".join([head, *reversed(chain)]) if head else None
-            if dotted:
-                target = self.canonical(dotted)
-                while target and target not in self.defs and "." in target:
-                    target = self.canonical(target.rsplit(".", 1)[0]) if target not in self.modules else None
-                if target in self.defs and target != qualified:
+            target = self.resolve(module, sub, enclosing)
+            if target and target != qualified:
+                found.add(target)
+        return found
+
+    def import_time(self) -> set[str]:
+        """Defs that run while the package is imported, so the copy must keep them to import at all: what
+        module-level code, class bodies, decorators and default values *call*, and the hooks Python itself
+        calls when a class is created (``__init_subclass__``, ``__set_name__``, ...)."""
+        found = {q for q, (_, node) in self.defs.items() if getattr(node, "name", "") in CLASS_CREATION_HOOKS}
+        for module in self.modules.values():
+            for expression in _evaluated_on_import(module.tree.body):
+                for call in _calls_run_now(expression):
+                    target = self.resolve(module, call.func)
+                    if target:
+                        found.add(target)
+            for decorator in _decorators(module.tree.body):  # ``@tag`` calls ``tag`` when the def runs
+                target = self.resolve(module, decorator)
+                if target:
                     found.add(target)
         return found
 
@@ -157,12 +183,63 @@ class _Graph:
         return seen
 
 
+def _evaluated_on_import(body: list[ast.stmt]) -> list[ast.AST]:
+    """The parts of a module's (or class body's) statements that Python evaluates when it runs them: whole
+    statements, except that of a def only its decorators and defaults, and of a class its decorators, bases,
+    keywords and (recursively) its body."""
+    parts: list[ast.AST] = []
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            parts += [*stmt.decorator_list, *stmt.args.defaults, *(d for d in stmt.args.kw_defaults if d)]
+        elif isinstance(stmt, ast.ClassDef):
+            parts += [*stmt.decorator_list, *stmt.bases, *(k.value for k in stmt.keywords)]
+            parts += _evaluated_on_import(stmt.body)
+        elif not _is_main_guard(stmt):
+            parts.append(stmt)
+    return parts
+
+
+def _decorators(body: list[ast.stmt]) -> list[ast.expr]:
+    """Every decorator expression of the defs and classes in ``body`` (class bodies included)."""
+    found: list[ast.expr] = []
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found += stmt.decorator_list
+        if isinstance(stmt, ast.ClassDef):
+            found += _decorators(stmt.body)
+    return found
+
+
+def _calls_run_now(node: ast.AST) -> list[ast.Call]:
+    """Calls in ``node`` that run when it is evaluated (not those inside a lambda, which run later)."""
+    if isinstance(node, ast.Lambda):
+        return []
+    calls = [node] if isinstance(node, ast.Call) else []
+    for child in ast.iter_child_nodes(node):
+        calls += _calls_run_now(child)
+    return calls
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (runs only as a script, never on import)."""
+    test = getattr(stmt, "test", None)
+    return isinstance(stmt, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) \
+        and test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                                               for c in test.comparators)
+
+
+def canonical_names(root: Path, names: list[str]) -> list[str]:
+    """``names`` as :func:`removed_names` reports them: re-exports followed to the module that defines them."""
+    graph = _Graph(_parse(Path(root)))
+    return [graph.canonical(name) or name for name in names]
+
+
 def removed_names(root: Path, protected: list[str], provided: list[str] = ()) -> list[str]:
     """Qualified names whose bodies :func:`answer_free_copy` removes (sorted)."""
     graph = _Graph(_parse(Path(root)))
     refs = {c for c in (graph.canonical(p) for p in protected) if c}
     keep_roots = {c for c in (graph.canonical(p) for p in provided) if c} - refs
-    kept = graph.closure(keep_roots, stop=refs)
+    kept = graph.closure(keep_roots, stop=refs) | graph.closure(graph.import_time())
     return sorted(graph.closure(refs) - kept)
 
 

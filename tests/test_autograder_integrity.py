@@ -513,6 +513,8 @@ def test_sandbox_cannot_reach_or_rebuild_the_references(lab):
         sandbox.send({"cells": [{"key": "probe", "source": source, "student": True}], "protected": [],
                       "sys_path": sandbox.sys_path()})
         ready = sandbox.receive(300)
+        while ready.get("event") == "cell":  # the worker announces each cell before running it
+            ready = sandbox.receive(300)
         assert ready["cells"][0]["ok"], ready["cells"][0]
         found = json.loads(wire.decode(sandbox.request("get", name="out")["value"]))
     finally:

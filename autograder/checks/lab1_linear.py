@@ -406,12 +406,22 @@ def check_kl_clip_threshold(fn) -> None:
         sparse[:peak] += 200
         return sparse
 
-    edges = torch.linspace(0.0, d.uniform(2.0, 4.0), 201)
+    def fixed_sparse_histogram(step: int, peak: int) -> torch.Tensor:
+        """Hand-picked counts (no draw) on which both mistakes below always show: a random draw may hide them."""
+        sparse = torch.zeros(200)
+        sparse[::step] = (torch.arange(len(range(0, 200, step))) * 37 % 101).float() + 1
+        sparse[:peak] += 200
+        return sparse
+
+    edges, fixed_edges = torch.linspace(0.0, d.uniform(2.0, 4.0), 201), torch.linspace(0.0, 3.0, 201)
     with suite.check("Q spreads each level over P's non-zero bins only"):
         compare(sparse_histogram(3, 40), edges, 5)
+        compare(fixed_sparse_histogram(3, 40), fixed_edges, 5)
     with suite.check("minimizes KL(P || Q), the reference distribution first", hint="KL = sum(P * log(P / Q))"):
         compare(sparse_histogram(3, 40), edges, 5)
         compare(sparse_histogram(2, 60), edges, 6)
+        compare(fixed_sparse_histogram(2, 60), fixed_edges, 6)
+        compare(fixed_sparse_histogram(3, 40), fixed_edges, 6)
     with suite.check("uses 2^(b-1) levels", hint="a symmetric signed quantizer has 2^(b-1) magnitudes"):
         hist, gaussian_edges = _abs_histogram(d.normal(d.integer(6000, 10000)), 160)
         for bits in (3, 5, 7):

@@ -2,6 +2,8 @@
 
 - ``FashionCNN``: three conv–BN–ReLU–maxpool blocks and one linear classifier (61,674 parameters).
 - ``TinyMLP``: 784 → 64 → 10, for fast unit tests.
+- ``TinyViT``: a 6-block Vision Transformer on 7×7 patches (the capstone's); ``matmul_names`` lists its 38
+  matrix products, ``matmul_multiplies`` counts their multiplications.
 - ``pretrained(name)``: a shipped checkpoint in eval mode.
 - ``model_size_bits``, ``layer_stats``: storage and compute counts. ``fold_batchnorm``: conv+BN → conv.
 
@@ -76,7 +78,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": FashionCNN, "mlp": TinyMLP}
 
 
 def pretrained(name: str = "cnn") -> nn.Module:
-    """The shipped model ``name`` (``"cnn"`` or ``"mlp"``) with its trained weights, in eval mode.
+    """The shipped model ``name`` (``"cnn"``, ``"mlp"`` or ``"vit"``) with its trained weights, in eval mode.
 
     Loads ``lowbit/checkpoints/<name>.pt`` (a state_dict) with ``torch.load(..., weights_only=True)``.
     """

@@ -2,6 +2,8 @@
 
 - ``FashionCNN``: three conv–BN–ReLU–maxpool blocks and one linear classifier (61,674 parameters).
 - ``TinyMLP``: 784 → 64 → 10, for fast unit tests.
+- ``TinyViT``: a 6-block Vision Transformer on 7×7 patches (the capstone's); ``matmul_names`` lists its 38
+  matrix products, ``matmul_multiplies`` counts their multiplications.
 - ``pretrained(name)``: a shipped checkpoint in eval mode.
 - ``model_size_bits``, ``layer_stats``: storage and compute counts. ``fold_batchnorm``: conv+BN → conv.
 
@@ -76,7 +78,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": FashionCNN, "mlp": TinyMLP}
 
 
 def pretrained(name: str = "cnn") -> nn.Module:
-    """The shipped model ``name`` (``"cnn"`` or ``"mlp"``) with its trained weights, in eval mode.
+    """The shipped model ``name`` (``"cnn"``, ``"mlp"`` or ``"vit"``) with its trained weights, in eval mode.
 
     Loads ``lowbit/checkpoints/<name>.pt`` (a state_dict) with ``torch.load(..., weights_only=True)``.
     """
@@ -200,3 +202,160 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 _fold_into_conv(first, second)
                 setattr(parent, second_name, nn.Identity())
     return folded
+
+
+# ---------------------------------------------------------------- TinyViT (the capstone's transformer)
+class MatMul(nn.Module):
+    """A named matrix product ``a @ b`` (``torch.matmul``), so that a quantized-module swap can wrap it like a
+    ``Linear``. ``a`` float32 ``[..., M, K]``, ``b`` float32 ``[..., K, N]`` → ``[..., M, N]`` (batch dims
+    broadcast)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class ViTAttention(nn.Module):
+    """Multi-head self-attention ``[N, T, D]`` → ``[N, T, D]`` with its four products as modules:
+    ``qkv`` (one ``Linear`` D → 3D), ``qk`` (``MatMul``: Q ``[N, H, T, d]`` @ Kᵀ ``[N, H, d, T]``),
+    ``av`` (``MatMul``: softmax ``[N, H, T, T]`` @ V ``[N, H, T, d]``) and ``proj`` (``Linear`` D → D).
+    The 1/√d scaling is applied to QKᵀ's output and the softmax runs in float, outside the products."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads})")
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qk = MatMul()
+        self.av = MatMul()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)                                       # each [N, H, T, d]
+        attention = torch.softmax(self.qk(q, k.transpose(-2, -1)) * self.scale, dim=-1)  # [N, H, T, T]
+        out = self.av(attention, v)                                    # [N, H, T, d]
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class ViTMLP(nn.Module):
+    """``fc1`` (D → hidden), GELU, ``fc2`` (hidden → D) on ``[N, T, D]``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))`` (LayerNorm in float)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ViTAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = ViTMLP(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A small Vision Transformer: ``[N, 1, 28, 28]`` → logits ``[N, 10]``.
+
+    7×7 patches → 16 tokens, ``patch_embed`` (``Linear`` 49 → dim), a learned class token and position
+    embedding (17 tokens), ``depth`` pre-norm ``ViTBlock``s (``blocks.{i}``), a final ``norm`` and ``head``
+    (``Linear`` dim → 10) on the class token. No dropout, so eval and train forward passes are the same
+    function. Its 1 + 6·6 + 1 = 38 matrix products, in execution order, are ``matmul_names(model)``.
+    """
+
+    def __init__(self, dim: int = 64, depth: int = 6, heads: int = 4, mlp_ratio: int = 2, patch: int = 7,
+                 num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        if 28 % patch:
+            raise ValueError(f"patch ({patch}) must divide the image side 28")
+        self.patch = patch
+        tokens = (28 // patch) ** 2
+        self.patch_embed = nn.Linear(patch * patch, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens + 1, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.blocks = nn.ModuleList(ViTBlock(dim, heads, dim * mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 1, 28, 28]`` → ``[N, 16, 49]``: non-overlapping patches in row-major order, pixels row-major."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"TinyViT expects images [N, 1, 28, 28], got shape {tuple(x.shape)}")
+        side, p = 28 // self.patch, self.patch
+        return x.reshape(x.shape[0], side, p, side, p).permute(0, 1, 3, 2, 4).reshape(x.shape[0], side * side, p * p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(self.patches(x))                                   # [N, 16, D]
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens[:, 0]))
+
+
+def matmul_names(model: nn.Module) -> list[str]:
+    """Names of ``model``'s matrix-product modules (every ``nn.Linear`` and ``MatMul``) in registration order.
+
+    For ``TinyViT`` this is also the execution order: ``patch_embed``, then for each block ``i``
+    ``blocks.{i}.attn.qkv``, ``.attn.qk``, ``.attn.av``, ``.attn.proj``, ``.mlp.fc1``, ``.mlp.fc2``, and
+    ``head`` (38 names).
+    """
+    names = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, MatMul))]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear or MatMul module: no matrix product to name")
+    return names
+
+
+def _product_multiplies(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    """Multiplications of one sample through a ``Linear`` (out · in) or ``MatMul`` (batch · M · K · N)."""
+    if isinstance(module, MatMul):
+        return output[0].numel() * inputs[0].shape[-1]
+    return _macs(module, output)
+
+
+def matmul_multiplies(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> dict[str, int]:
+    """Multiplications per image of each product in ``matmul_names(model)``, in that order, from one forward
+    pass on zeros of ``input_shape`` (``[N, ...]``; counts are per sample). A ``Linear`` of ``in → out`` on
+    ``T`` tokens costs ``T·in·out``; a ``MatMul`` ``[..., M, K] @ [..., K, N]`` costs ``(batch)·M·K·N``.
+    Bias additions are not multiplications. The model's train/eval mode is restored.
+    """
+    names = matmul_names(model)
+    modules = dict(model.named_modules())
+    counts: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            counts[name] = counts.get(name, 0) + _product_multiplies(module, inputs, output)
+        return hook
+
+    handles = [modules[name].register_forward_hook(record(name)) for name in names]
+    was_training = model.training
+    first = next(model.parameters(), None)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(input_shape, device=first.device if first is not None else "cpu"))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {name: counts.get(name, 0) for name in names}
+
+
+ARCHITECTURES["vit"] = TinyViT
+__all__ += ["TinyViT", "MatMul", "ViTAttention", "ViTMLP", "ViTBlock", "matmul_names", "matmul_multiplies"]

@@ -164,6 +164,8 @@ RECIPES = {
     "mlp": {"epochs": 5, "batch_size": 128, "optimizer": "AdamW", "max_lr": 3e-3, "weight_decay": 1e-4,
             "schedule": "OneCycleLR", "augment": None},
 }
+RECIPES["vit"] = {"epochs": 7, "batch_size": 128, "optimizer": "AdamW", "max_lr": 3e-3, "weight_decay": 5e-2,
+                  "schedule": "OneCycleLR", "augment": None}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from autograder.checks._api import (CheckSuite, expect_close, expect_dtype, expect_equal, expect_length, expect_raises,
-                                    expect_shape, expect_unchanged)
+                                    expect_shape, expect_tensor, expect_unchanged)
 from autograder.contract import load_contract
 from lowbit.quant import kmeans as ref
 
@@ -202,24 +202,31 @@ def check_decode(fn) -> None:
     k = d.choice([4, 8, 16])
     centroids = torch.sort(torch.randn(k, generator=g)).values
     labels = torch.randint(0, k, (4 * 3 * 3 * 3,), generator=g)
+
+    def compare(codebook, shape, expected):
+        what, inputs = suite.label(codebook, shape)
+        expect_close(fn(codebook, shape), expected, what, atol=0, inputs=inputs)
+
     with suite.check("looks up the centroids", hint="centroids[labels]"):
-        got = fn(ref.Codebook(centroids, labels), (108,))
-        expect_close(got, centroids[labels], "decode(codebook, (108,))", atol=0)
+        compare(ref.Codebook(centroids, labels), (108,), centroids[labels])
     with suite.check("returns the requested shape", hint="reshape the looked-up values to shape"):
-        expect_close(fn(ref.Codebook(centroids, labels), (4, 3, 3, 3)), ref.decode(ref.Codebook(centroids, labels), (4, 3, 3, 3)),
-                     "decode(codebook, (4, 3, 3, 3))", atol=0)
-        expect_shape(fn(ref.Codebook(centroids, labels), torch.Size([12, 9])), (12, 9), "decode(codebook, torch.Size([12, 9]))")
+        codebook = ref.Codebook(centroids, labels)
+        compare(codebook, (4, 3, 3, 3), ref.decode(codebook, (4, 3, 3, 3)))
+        what, inputs = suite.label(ref.Codebook(centroids, labels), torch.Size([12, 9]))
+        expect_shape(fn(ref.Codebook(centroids, labels), torch.Size([12, 9])), (12, 9), what, inputs=inputs)
     with suite.check("accepts a plain (centroids, labels) pair and unsorted centroids"):
         unsorted = torch.tensor([0.3, -1.0, 2.0])
-        expect_close(fn((unsorted, torch.tensor([0, 1, 2, 2])), (2, 2)), torch.tensor([[0.3, -1.0], [2.0, 2.0]]),
-                     "decode((tensor([0.3, -1, 2]), tensor([0, 1, 2, 2])), (2, 2))", atol=0)
+        compare((unsorted, torch.tensor([0, 1, 2, 2])), (2, 2), torch.tensor([[0.3, -1.0], [2.0, 2.0]]))
     with suite.check("keeps the centroids' dtype"):
         for dtype in (torch.float64, torch.float16):
-            got = fn(ref.Codebook(centroids.to(dtype), labels), (108,))
-            expect_dtype(got, dtype, f"decode with {dtype} centroids")
+            codebook = ref.Codebook(centroids.to(dtype), labels)
+            what, inputs = suite.label(codebook, (108,))
+            expect_dtype(fn(codebook, (108,)), dtype, what, inputs=inputs)
     with suite.check("rejects a shape that does not match the labels", hint="raise ValueError naming both sizes"):
-        expect_raises(ValueError, fn, ref.Codebook(centroids, labels), (100,), what="decode(codebook with 108 labels, (100,))")
-        expect_raises(ValueError, fn, ref.Codebook(centroids, labels), (4, 3, 3, 4), what="decode(codebook with 108 labels, (4, 3, 3, 4))")
+        for shape in ((100,), (4, 3, 3, 4)):
+            what, _ = suite.label(ref.Codebook(centroids, labels), shape)
+            expect_raises(ValueError, fn, ref.Codebook(centroids, labels), shape,
+                          what=f"{what} with {labels.numel()} labels")
     with suite.check("leaves its input unchanged"):
         expect_unchanged(fn, ref.Codebook(centroids, labels), (4, 27), what="decode")
     suite.finish()
@@ -267,29 +274,37 @@ def check_centroid_gradients(fn) -> None:
     suite = CheckSuite("centroid_gradients", CONTRACT)
     d = suite.draw
     g = d.generator
-    grad = torch.randn(2000, generator=g)
-    labels = torch.randint(0, 16, (2000,), generator=g)
-    with suite.check("sums the gradients of each cluster", hint="dL/dc_j is the SUM (not the mean) of dL/dw_i over members"):
-        expect_close(fn(grad, labels, 16), ref.centroid_gradients(grad, labels, 16), "centroid_gradients(grad [2000], labels, 16)",
-                     atol=1e-5, rtol=1e-5)
-        expect_close(fn(torch.ones(6), torch.tensor([0, 0, 0, 1, 1, 2]), 3), torch.tensor([3.0, 2.0, 1.0]),
-                     "centroid_gradients(ones(6), labels [0,0,0,1,1,2], 3)", atol=1e-7)
+    n = _size(d, 2000)
+    grad = torch.randn(n, generator=g)
+    labels = torch.randint(0, 16, (n,), generator=g)
+
+    def compare(grad_w, labels, k, expected, **tolerance):
+        what, inputs = suite.label(grad_w, labels, k)
+        expect_close(fn(grad_w, labels, k), expected, what, inputs=inputs, **tolerance)
+
+    with suite.check("sums the gradients of each cluster",
+                     hint="dL/dc_j is the SUM (not the mean) of dL/dw_i over members"):
+        compare(grad, labels, 16, ref.centroid_gradients(grad, labels, 16), atol=1e-5, rtol=1e-5)
+        compare(torch.ones(6), torch.tensor([0, 0, 0, 1, 1, 2]), 3, torch.tensor([3.0, 2.0, 1.0]), atol=1e-7)
     with suite.check("clusters with no member get 0", hint="the result always has k entries (minlength=k)"):
-        expect_close(fn(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]), 5), torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]),
-                     "centroid_gradients([1, 2], labels [1, 1], k=5)", atol=1e-7)
+        compare(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]), 5, torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]), atol=1e-7)
     with suite.check("any shape of grad_w: labels index its flattened values"):
         conv_grad = torch.randn(8, 4, 3, 3, generator=g)
         conv_labels = torch.randint(0, 8, (conv_grad.numel(),), generator=g)
-        expect_close(fn(conv_grad, conv_labels, 8), ref.centroid_gradients(conv_grad, conv_labels, 8),
-                     "centroid_gradients(conv grad [8,4,3,3], labels, 8)", atol=1e-5, rtol=1e-5)
+        compare(conv_grad, conv_labels, 8, ref.centroid_gradients(conv_grad, conv_labels, 8), atol=1e-5, rtol=1e-5)
     with suite.check("keeps grad_w's dtype"):
-        expect_dtype(fn(grad.double(), labels, 16), torch.float64, "centroid_gradients of a float64 grad")
+        what, inputs = suite.label(grad.double(), labels, 16)
+        expect_dtype(fn(grad.double(), labels, 16), torch.float64, what, inputs=inputs)
         small = grad[:64].half()
+        what, inputs = suite.label(small, labels[:64], 16)
         got = fn(small, labels[:64], 16)
-        expect_dtype(got, torch.float16, "centroid_gradients of a float16 grad")
-        expect_close(got, ref.centroid_gradients(small.double(), labels[:64], 16), "float16 sums", atol=2e-2, rtol=1e-2)
+        expect_dtype(got, torch.float16, what, inputs=inputs)
+        expect_close(got, ref.centroid_gradients(small.double(), labels[:64], 16), f"float16 sums of {what}",
+                     atol=2e-2, rtol=1e-2, inputs=inputs)
     with suite.check("rejects labels of the wrong length", hint="ValueError when labels.numel() != grad_w.numel()"):
-        expect_raises(ValueError, fn, grad, labels[:100], 16, what="centroid_gradients(grad [2000], labels [100], 16)")
+        short = d.integer(10, n // 2)
+        expect_raises(ValueError, fn, grad, labels[:short], 16,
+                      what=f"centroid_gradients(grad_w with {n} values, labels with {short}, k=16)")
     with suite.check("leaves its inputs unchanged"):
         fresh_grad = torch.randn(300, generator=d.generator)
         fresh_labels = torch.randint(0, 8, (300,), generator=d.generator)
@@ -304,32 +319,46 @@ def check_update_centroids_mean(fn) -> None:
     w = d.heavy_tailed(_size(d, 1500))
     old = torch.sort(torch.randn(32, generator=g) * 0.2).values
     labels = ref.assign(w, old)
+
+    def compare(w, labels, k, old_centroids, expected, **tolerance):
+        what, inputs = suite.label(w, labels, k, old_centroids)
+        expect_close(fn(w, labels, k, old_centroids), expected, what, inputs=inputs, **tolerance)
+
     with suite.check("means of each cluster", hint="sum of the members / number of members"):
-        expect_close(fn(w, labels, 32, old), ref.update_centroids_mean(w, labels, 32, old),
-                     "update_centroids_mean(w [1500], labels, 32, old)", atol=1e-7, rtol=1e-6)
-        expect_close(fn(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0, 0, 1]), 2, torch.zeros(2)), torch.tensor([1.5, 6.0]),
-                     "update_centroids_mean([1, 2, 6], labels [0, 0, 1], 2, zeros)", atol=1e-7)
-    with suite.check("empty clusters keep their old centroid", hint="torch.where(counts > 0, sums / counts.clamp_min(1), old)"):
-        got = fn(torch.tensor([1.0, 3.0]), torch.tensor([1, 1]), 4, torch.tensor([-1.0, 0.0, 5.0, 9.0]))
-        expect_close(got, torch.tensor([-1.0, 2.0, 5.0, 9.0]), "update_centroids_mean([1, 3], labels [1, 1], 4, old [-1, 0, 5, 9])", atol=1e-7)
-        assert bool(torch.isfinite(fn(w, labels, 32, old)).all()), "update_centroids_mean returned NaN for empty clusters"
+        compare(w, labels, 32, old, ref.update_centroids_mean(w, labels, 32, old), atol=1e-7, rtol=1e-6)
+        compare(torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0, 0, 1]), 2, torch.zeros(2), torch.tensor([1.5, 6.0]),
+                atol=1e-7)
+    with suite.check("empty clusters keep their old centroid",
+                     hint="torch.where(counts > 0, sums / counts.clamp_min(1), old)"):
+        compare(torch.tensor([1.0, 3.0]), torch.tensor([1, 1]), 4, torch.tensor([-1.0, 0.0, 5.0, 9.0]),
+                torch.tensor([-1.0, 2.0, 5.0, 9.0]), atol=1e-7)
+        what, inputs = suite.label(w, labels, 32, old)
+        got = fn(w, labels, 32, old)
+        expect_tensor(got, what)
+        assert bool(torch.isfinite(got).all()), f"{what} returned NaN or inf where a cluster is empty"
     with suite.check("any shape of w: labels index its flattened values"):
         conv = torch.randn(8, 4, 3, 3, generator=g)
         conv_old = torch.linspace(-2, 2, 8)
         conv_labels = ref.assign(conv, conv_old)
-        expect_close(fn(conv, conv_labels, 8, conv_old), ref.update_centroids_mean(conv, conv_labels, 8, conv_old),
-                     "update_centroids_mean(conv weight [8,4,3,3], labels, 8, old)", atol=1e-7, rtol=1e-6)
+        compare(conv, conv_labels, 8, conv_old, ref.update_centroids_mean(conv, conv_labels, 8, conv_old),
+                atol=1e-7, rtol=1e-6)
     with suite.check("keeps old_centroids' dtype"):
-        expect_dtype(fn(w, labels, 32, old.double()), torch.float64, "result for float64 old_centroids")
-        expect_dtype(fn(w.double(), labels, 32, old), torch.float32, "result for float64 w, float32 old_centroids")
+        for w_dtype, old_dtype, expected in ((torch.float32, torch.float64, torch.float64),
+                                             (torch.float64, torch.float32, torch.float32)):
+            what, inputs = suite.label(w.to(w_dtype), labels, 32, old.to(old_dtype))
+            expect_dtype(fn(w.to(w_dtype), labels, 32, old.to(old_dtype)), expected, what, inputs=inputs)
     with suite.check("accumulates in float64", hint="float16 sums of thousands of values lose their precision"):
         many = (torch.full((6000,), 0.1) + torch.rand(6000, generator=g) * 1e-3).half()
-        got = fn(many, torch.zeros(6000, dtype=torch.int64), 1, torch.zeros(1, dtype=torch.float32))
-        expect_close(got, ref.update_centroids_mean(many, torch.zeros(6000, dtype=torch.int64), 1, torch.zeros(1)),
-                     "mean of 6000 float16 values near 0.1", atol=1e-6, rtol=1e-5)
+        members = torch.zeros(6000, dtype=torch.int64)
+        compare(many, members, 1, torch.zeros(1), ref.update_centroids_mean(many, members, 1, torch.zeros(1)),
+                atol=1e-6, rtol=1e-5)
     with suite.check("rejects inconsistent sizes"):
-        expect_raises(ValueError, fn, w, labels[:10], 32, old, what="update_centroids_mean(w [1500], labels [10], 32, old)")
-        expect_raises(ValueError, fn, w, labels, 32, old[:16], what="update_centroids_mean(..., k=32, old_centroids [16])")
+        short = d.integer(5, 50)
+        expect_raises(ValueError, fn, w, labels[:short], 32, old,
+                      what=f"update_centroids_mean(w with {w.numel()} values, labels with {short}, k=32, "
+                           "old_centroids)")
+        expect_raises(ValueError, fn, w, labels, 32, old[:16],
+                      what="update_centroids_mean(w, labels, k=32, old_centroids with 16 values)")
     with suite.check("leaves its inputs unchanged"):
         fresh_w = d.heavy_tailed(_size(d, 400))
         fresh_old = torch.linspace(-0.5, 0.5, 8)

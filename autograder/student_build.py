@@ -166,10 +166,6 @@ class _Graph:
                     target = self.resolve(module, call.func)
                     if target:
                         found.add(target)
-            for decorator in _decorators(module.tree.body):  # ``@tag`` calls ``tag`` when the def runs
-                target = self.resolve(module, decorator)
-                if target:
-                    found.add(target)
         return found
 
     def closure(self, roots: set[str], stop: set[str] = frozenset()) -> set[str]:
@@ -186,28 +182,20 @@ class _Graph:
 def _evaluated_on_import(body: list[ast.stmt]) -> list[ast.AST]:
     """The parts of a module's (or class body's) statements that Python evaluates when it runs them: whole
     statements, except that of a def only its decorators and defaults, and of a class its decorators, bases,
-    keywords and (recursively) its body."""
+    keywords and (recursively) its body. A decorator is returned as the call that applies it (``@tag`` calls
+    ``tag``)."""
     parts: list[ast.AST] = []
     for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            parts += [ast.Call(func=decorator, args=[], keywords=[]) for decorator in stmt.decorator_list]
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            parts += [*stmt.decorator_list, *stmt.args.defaults, *(d for d in stmt.args.kw_defaults if d)]
+            parts += [*stmt.args.defaults, *(d for d in stmt.args.kw_defaults if d)]
         elif isinstance(stmt, ast.ClassDef):
-            parts += [*stmt.decorator_list, *stmt.bases, *(k.value for k in stmt.keywords)]
+            parts += [*stmt.bases, *(k.value for k in stmt.keywords)]
             parts += _evaluated_on_import(stmt.body)
         elif not _is_main_guard(stmt):
             parts.append(stmt)
     return parts
-
-
-def _decorators(body: list[ast.stmt]) -> list[ast.expr]:
-    """Every decorator expression of the defs and classes in ``body`` (class bodies included)."""
-    found: list[ast.expr] = []
-    for stmt in body:
-        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            found += stmt.decorator_list
-        if isinstance(stmt, ast.ClassDef):
-            found += _decorators(stmt.body)
-    return found
 
 
 def _calls_run_now(node: ast.AST) -> list[ast.Call]:

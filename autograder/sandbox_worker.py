@@ -1,8 +1,8 @@
 """Sandbox worker: runs a student's setup + solution cells, then answers calls from the trusted grader.
 
 Runs INSIDE the sandbox (bubblewrap) as a standalone script; only the standard library, numpy, torch, the
-course package, ``wire`` and ``_vjp`` (both bound next to this file) are importable. Nothing this process says is trusted:
-the grader decodes every reply with ``wire.decode`` and decides all points itself.
+course package, ``wire`` and ``_vjp`` (both bound next to this file) are importable. Nothing this process says is
+trusted: the grader decodes every reply with ``wire.decode`` and decides all points itself.
 
 Protocol (JSON lines): the grader writes requests to our stdin and reads replies from the stdout we had at
 start (fd 1 is re-pointed to /dev/null before student code runs, so ``print`` cannot reach the grader).

@@ -138,7 +138,7 @@ def test_a_step_gradient_missing_its_minus_v_term_loses_the_step_check(graded):
 
 def test_a_detached_result_scores_nothing_and_the_visible_test_names_the_mistake(graded):
     target = cell(graded, "detached")
-    assert target["score"] == 0 and "zero everywhere: the result is detached" in target["message"]
+    assert target["score"] == 0 and "zero everywhere: the result is detached from x" in target["message"]
     assert not check(graded, "detached", GRADIENT_CHECK)["passed"]
 
 

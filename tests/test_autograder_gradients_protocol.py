@@ -33,8 +33,8 @@ class HonestWorker:
             extra = {"gradients": [wire.encode(g) for g in grads]}
         else:
             value, extra = self.fn(*args, **kwargs), {}
-        reply = {"ok": True, "value": wire.encode(value), **extra,
-                 "echo": {"args": [wire.encode(a) for a in args], "kwargs": {k: wire.encode(v) for k, v in kwargs.items()}}}
+        echo = {"args": [wire.encode(a) for a in args], "kwargs": {k: wire.encode(v) for k, v in kwargs.items()}}
+        reply = {"ok": True, "value": wire.encode(value), **extra, "echo": echo}
         self.spoil(reply)
         return reply
 

@@ -177,13 +177,14 @@ def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     if bn.num_features != conv.out_channels:
         raise ValueError(f"BatchNorm2d has {bn.num_features} features but the conv has "
                          f"{conv.out_channels} output channels")
+    from lowbit.quant.qat import fold_batchnorm as fold_weights     # the one folding formula
+
     with torch.no_grad():
         gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
         beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + beta)
+        weight, bias = fold_weights(conv.weight, conv.bias, gamma, beta, bn.running_mean, bn.running_var, bn.eps)
+        conv.weight.copy_(weight)
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

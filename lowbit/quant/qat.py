@@ -39,10 +39,11 @@ from lowbit.quant import fakequant
 from lowbit.quant.modules import (LayerConfig, Policy, QuantConv2d, QuantLinear, dequantized, insert_after,
                                   quantized, replace_children, swap_modules)
 from lowbit.quant.quantizer import Quantizer
-from lowbit.quant.validate import (check_bits, check_choice, check_float_tensor, check_positive_tensor,
-                                   checked_qparams, quantized_range)
+from lowbit.quant.validate import (check_bits, check_broadcast, check_choice, check_float_tensor, check_int,
+                                   check_positive_tensor, checked_qparams, quantized_range)
 
-__all__ = ["ste_round", "fake_quantize_ste", "lsq_fake_quantize", "lsq_init_step", "STEP_INITS", "pact_quantize",
+__all__ = ["ste_round", "fake_quantize_ste", "lsq_grad_scale", "lsq_fake_quantize", "lsq_init_step", "STEP_INITS",
+           "lsq_plus_fake_quantize", "pact_quantize", "fold_batchnorm", "bn_fold_statistics",
            "LSQQuantizer", "PACTQuantizer", "QATConv2d", "QATLinear", "prepare_qat", "freeze_qat",
            "qat_quantizers", "alpha_penalty", "qat_policy"]
 
@@ -120,6 +121,24 @@ def _lsq_q_max(bits: object, signed: bool) -> tuple[int, int]:
     return q_min, q_max
 
 
+def lsq_grad_scale(num_elements: int, bits: int, signed: bool = True) -> float:
+    """LSQ's gradient scale ``g = 1 / sqrt(N · Q_P)`` for a step shared by ``num_elements`` values (a float).
+
+    Esser et al. 2020, section 2.2: scaling the step's gradient by ``g`` keeps its update the same size,
+    relative to the step, as the weights' updates relative to the weights. ``num_elements`` (N): an int >= 1,
+    the number of values that share one step (a whole tensor per tensor, one output channel's weights per
+    channel). ``Q_P = 2^(b−1) − 1`` for ``signed``, ``2^b − 1`` unsigned; signed 1-bit (Q_P = 0) is refused.
+    """
+    n = check_int(num_elements, "num_elements", low=1)
+    _, q_max = _lsq_q_max(bits, signed)
+    return 1.0 / math.sqrt(n * q_max)
+
+
+def _values_per_step(x: Tensor, step: Tensor) -> int:
+    """N of the gradient scale: how many values of ``x`` share one entry of ``step`` (which broadcasts)."""
+    return max(1, x.numel() // max(1, step.numel()))
+
+
 STEP_INITS = ("lsq", "minmax")
 
 
@@ -161,10 +180,75 @@ def lsq_fake_quantize(x: Tensor, step: Tensor, bits: int, signed: bool = True,
     _check_float(x)
     _check_float(step, "step")
     _check_positive(step.detach(), "step")
+    check_broadcast(step, x.shape, "step")
     q_min, q_max = _lsq_q_max(bits, signed)
     if grad_scale is None:
-        grad_scale = 1.0 / math.sqrt(x.numel() / step.numel() * q_max)
+        grad_scale = lsq_grad_scale(_values_per_step(x, step), bits, signed)
     return _LSQ.apply(x, step, q_min, q_max, float(grad_scale), rounding)
+
+
+# ------------------------------------------------------------------------------------------ LSQ+
+class _LSQPlus(torch.autograd.Function):
+    """y = (round(clamp(x / s + z̃, 0, q_max)) − z̃) · s with z̃ = round(z) and LSQ+'s gradients.
+
+    With c = round(clamp(v)) (the bound itself outside the range) and u = x / s = v − z̃, the step's
+    elementwise gradient (round(v) − v inside, q_min − z̃ below, q_max − z̃ above) is ``c − z̃ − u·1[inside]``
+    and the zero point's is ``−s·1[outside]``: two expressions instead of three-way selects.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor, q_max: int,  # type: ignore[override]
+                grad_scale: float) -> Tensor:
+        rounded_zero = torch.round(zero_point)
+        u = x / step
+        v = u + rounded_zero
+        codes = torch.round(v).clamp_(0, q_max)
+        centered = codes - rounded_zero
+        ctx.save_for_backward(u, v, centered, step, zero_point)
+        ctx.q_max, ctx.grad_scale = q_max, grad_scale
+        return centered * step
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        u, v, centered, step, zero_point = ctx.saved_tensors
+        inside = (v >= 0) & (v <= ctx.q_max)
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_step = grad_zero = None
+        if ctx.needs_input_grad[1]:
+            grad_step = (grad * (centered - u * inside)).sum_to_size(step.shape).mul_(ctx.grad_scale)
+        if ctx.needs_input_grad[2]:
+            grad_zero = (grad * ~inside * -step).sum_to_size(zero_point.shape).mul_(ctx.grad_scale)
+        return grad_x, grad_step, grad_zero, None, None
+
+
+def lsq_plus_fake_quantize(x: Tensor, step: Tensor, zero_point: Tensor, bits: int,
+                           grad_scale: float | None = None) -> Tensor:
+    """LSQ+ fake quantization (Bhalgat et al. 2020, "LSQ+: Improving low-bit quantization through learnable
+    offsets and better initialization"): a learned step ``s`` **and** a learned zero point ``z``, unsigned
+    range ``[0, 2^b − 1]``.
+
+    ``z̃ = ste_round(z)`` (rounded in the forward pass, identity gradient), ``v = x / s + z̃``,
+    ``y = (round(clamp(v, 0, 2^b − 1)) − z̃) · s``. Gradients: to ``x`` 1 inside (0 ≤ v ≤ 2^b − 1, both
+    bounds inclusive), else 0; to ``s`` (round(v) − v) inside, (0 − z̃) below, (2^b − 1 − z̃) above; to ``z`` 0
+    inside and −s outside; the ``s`` and ``z`` gradients are multiplied by ``grad_scale`` (default
+    ``lsq_grad_scale(N, bits, signed=False)`` = 1/√(N·(2^b − 1)), N = values sharing one step).
+
+    ``x``: floating tensor ``[...]``; ``step`` (> 0) and ``zero_point``: float tensors, 0-d or broadcasting
+    against ``x`` (per channel ``[C, 1, ..., 1]``), usually ``nn.Parameter``s. Computed and returned in
+    float32 (an fp16 input's gradient comes back as fp16), ``x``'s shape.
+    """
+    _check_float(x)
+    _check_float(step, "step")
+    _check_float(zero_point, "zero_point")
+    _check_positive(step.detach(), "step")
+    if not bool(torch.isfinite(zero_point.detach()).all()):
+        raise ValueError(f"zero_point must be finite, got {zero_point.detach().reshape(-1)[:8].tolist()}")
+    check_broadcast(step, x.shape, "step")
+    check_broadcast(zero_point, x.shape, "zero_point")
+    _, q_max = _lsq_q_max(bits, signed=False)
+    if grad_scale is None:
+        grad_scale = lsq_grad_scale(_values_per_step(x, step), bits, signed=False)
+    return _LSQPlus.apply(x.to(torch.float32), step.to(torch.float32), zero_point, q_max, float(grad_scale))
 
 
 # ------------------------------------------------------------------------------------------ PACT
@@ -184,6 +268,71 @@ def pact_quantize(x: Tensor, alpha: Tensor, bits: int) -> Tensor:
     step = alpha.detach() / levels
     quantized = fakequant.fake_quantize(clipped.detach(), step, 0, 0, levels).to(clipped.dtype)
     return clipped + (quantized - clipped).detach()
+
+
+# ------------------------------------------------------------------------------------------ BatchNorm folding
+def _check_channels(value: Tensor, channels: int, name: str) -> Tensor:
+    _check_float(value, name)
+    if value.ndim != 1 or value.shape[0] != channels:
+        raise ValueError(f"{name} must have shape [{channels}] (one value per output channel of the weight / "
+                         f"channel of the output), got {tuple(value.shape)}")
+    return value
+
+
+def fold_batchnorm(weight: Tensor, bias: Tensor | None, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor,
+                   eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Fold a BatchNorm's affine map into the layer before it: ``(w', b')`` with ``layer'(x) = bn(layer(x))``.
+
+    ``w' = w · γ / sqrt(var + ε)`` per output channel (broadcast over the weight's trailing dims) and
+    ``b' = β + (b − mean) · γ / sqrt(var + ε)`` (Jacob et al. 2018, section 3.2; Krishnamoorthi 2018).
+    ``weight``: float ``[C, C_in, k_h, k_w]`` (conv) or ``[C, C_in]`` (linear); ``bias``: ``[C]`` or None (0);
+    ``gamma``, ``beta``, ``mean``, ``var``: float ``[C]`` — running statistics for inference, the batch's
+    (``bn_fold_statistics``) while training; ``var`` ≥ 0, ``eps`` ≥ 0 with var + eps > 0. Returns float32
+    ``(weight_folded [weight's shape], bias_folded [C])``, differentiable in every input.
+    """
+    _check_float(weight, "weight")
+    if weight.ndim < 2:
+        raise ValueError(f"weight must be a conv [C, C_in, kh, kw] or linear [C, C_in] weight, got shape "
+                         f"{tuple(weight.shape)}")
+    channels = weight.shape[0]
+    for name, value in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
+        _check_channels(value, channels, name)
+    if bias is not None:
+        _check_channels(bias, channels, "bias")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if bool((var.detach() < 0).any()) or not bool((var.detach() + eps > 0).all()):
+        raise ValueError(f"var must be >= 0 with var + eps > 0 (a variance), got min {float(var.detach().min())} "
+                         f"and eps={eps}")
+    multiplier = gamma.float() / torch.sqrt(var.float() + eps)                    # [C]
+    weight_folded = weight.float() * multiplier.reshape(-1, *([1] * (weight.ndim - 1)))
+    offset = mean.float() if bias is None else mean.float() - bias.float()
+    return weight_folded, beta.float() - offset * multiplier
+
+
+def bn_fold_statistics(conv_out: Tensor, running_mean: Tensor, running_var: Tensor,
+                       training: bool) -> tuple[Tensor, Tensor]:
+    """The mean and variance BatchNorm normalises ``conv_out`` with, to fold (``fold_batchnorm``).
+
+    ``training=True``: the batch's per-channel mean and **biased** variance (divided by the count, as
+    ``nn.BatchNorm2d`` normalises in training) over every dim except dim 1 — differentiable, so gradients flow
+    through the statistics as through BatchNorm. ``training=False``: ``running_mean`` and ``running_var`` as
+    new float32 tensors (copies, not the same objects). ``conv_out``: float ``[N, C, H, W]`` or ``[N, C]``
+    (any ``[N, C, ...]``); ``running_mean`` / ``running_var``: float ``[C]``. Returns float32 ``([C], [C])``.
+    """
+    _check_float(conv_out, "conv_out")
+    if conv_out.ndim < 2:
+        raise ValueError(f"conv_out must be [N, C, ...] (a batch of layer outputs), got shape {tuple(conv_out.shape)}")
+    channels = conv_out.shape[1]
+    _check_channels(running_mean, channels, "running_mean")
+    _check_channels(running_var, channels, "running_var")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if not training:
+        return running_mean.detach().to(torch.float32).clone(), running_var.detach().to(torch.float32).clone()
+    dims = [d for d in range(conv_out.ndim) if d != 1]
+    var, mean = torch.var_mean(conv_out.float(), dim=dims, unbiased=False)
+    return mean, var
 
 
 # ------------------------------------------------------------------------------------------ modules

@@ -6,14 +6,18 @@
    ``fake_quantize_ste`` vs ``torch.fake_quantize_per_tensor_affine`` (both the clipped STE), and
    ``lsq_fake_quantize`` vs ``torch._fake_quantize_learnable_per_tensor_affine`` (both LSQ gradients).
 2. One training step (forward, backward, SGD) of the course CNN on a batch of 128 images: float; lowbit
-   ``prepare_qat`` W4A4 with LSQ activations and with PACT; torch.ao eager-mode QAT (``prepare_qat`` with the
-   default x86 qconfig: per-channel weight fake-quant, fake-quant after every conv/linear).
+   ``prepare_qat`` W4A4 with LSQ activations (the default), with PACT, and with BN folded into the quantized
+   convs (``fold_bn=True``: a second, float conv per layer for the batch statistics); torch.ao eager-mode QAT
+   (``prepare_qat`` with the default x86 qconfig: per-channel weight fake-quant, fake-quant after every
+   conv/linear). The models are timed in turn within each of ``--repeats`` rounds (interleaved), so the
+   ratios hold under a varying load; the median per model is reported.
 ``--write`` records the tables in benchmarks/RESULTS.md ("QAT").
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -26,8 +30,8 @@ from _timing import median_seconds
 from lowbit.quant import qat as Q
 
 
-def median_ms(fn: Callable[[], None], repeats: int) -> float:
-    return 1000 * median_seconds(fn, repeats, warmup=3)
+def median_ms(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
+    return 1000 * median_seconds(fn, repeats, warmup=warmup)
 
 
 def operator_rows(repeats: int) -> list[tuple[str, float, float]]:
@@ -62,24 +66,35 @@ def torch_ao_qat(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def training_step_rows(repeats: int) -> list[tuple[str, float]]:
+    """Median ms of one training step per model, the models timed in turn within each round (interleaved,
+    so a change in the machine's load hits every row alike)."""
     lowbit.seed_everything(0)
     model = lowbit.models.pretrained("cnn").train()
     images, labels = next(iter(lowbit.data.loaders(batch_size=128, seed=0)[0]))
     models = {"float (no quantization)": model,
-              "lowbit prepare_qat W4A4, LSQ activations": Q.prepare_qat(model, 4, 4),
+              "lowbit prepare_qat W4A4, LSQ activations (default)": Q.prepare_qat(model, 4, 4),
               "lowbit prepare_qat W4A4, PACT activations": Q.prepare_qat(model, 4, 4, activation="pact"),
+              "lowbit prepare_qat W4A4, LSQ, BN folded (QATConvBn2d, batch statistics)":
+                  Q.prepare_qat(model, 4, 4, fold_bn=True),
               "torch.ao eager prepare_qat, x86 qconfig (8-bit)": torch_ao_qat(model)}
-    rows = []
+    steps = {}
     for name, candidate in models.items():
         optimizer = torch.optim.SGD(candidate.parameters(), lr=1e-4)
 
-        def step() -> None:
+        def step(candidate: torch.nn.Module = candidate, optimizer: torch.optim.Optimizer = optimizer) -> None:
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(candidate(images), labels).backward()
             optimizer.step()
 
-        rows.append((name, median_ms(step, repeats)))
-    return rows
+        steps[name] = step
+    for step in steps.values():                                    # warm-up
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(median_ms(step, 1, warmup=0))
+    return [(name, statistics.median(values)) for name, values in times.items()]
 
 
 def main() -> None:

@@ -88,31 +88,62 @@ def fake_quantize_ste(x: Tensor, scale: float | Tensor, zero_point: int | Tensor
 
 # ------------------------------------------------------------------------------------------ LSQ
 class _LSQ(torch.autograd.Function):
-    """y = round(clamp(x / s, q_min, q_max)) * s with LSQ's gradients, in a few fused passes.
+    """y = round(clamp(x / s, q_min, q_max)) * s with LSQ's gradients, in few passes and few saved tensors.
 
     Outside the clip range round(clamp(v)) is the bound itself, so the step's elementwise gradient is
-    round(clamp(v)) − v·1[inside] everywhere: one expression instead of a three-way select.
+    round(clamp(v)) − v·1[inside] everywhere: one expression instead of a three-way select. With nearest
+    rounding nothing but ``x`` and ``s`` is saved (``x`` is usually kept alive by the layer before anyway):
+    the forward pass works in one buffer (divide, round, clamp, multiply in place), the backward pass
+    recomputes v = x / s and decides "inside" as clamp(v) == v; a per-tensor step's gradient is two dot
+    products, Σ g·round(clamp(v)) − Σ (g·1[inside])·v, with no elementwise temporary.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, q_min: int, q_max: int, grad_scale: float,  # type: ignore[override]
                 rounding: fakequant.Rounding) -> Tensor:
-        v = x / step
-        codes = fakequant.round_values(v, rounding).clamp_(q_min, q_max)
-        ctx.save_for_backward(v, codes, step)
         ctx.q_min, ctx.q_max, ctx.grad_scale = q_min, q_max, grad_scale
+        ctx.nearest = isinstance(rounding, str) and rounding == "nearest"
+        v = x / step
+        if ctx.nearest:
+            ctx.save_for_backward(x, step)
+            return v.round_().clamp_(q_min, q_max).mul_(step)
+        codes = fakequant.round_values(v, rounding).clamp_(q_min, q_max)
+        ctx.save_for_backward(x, step, v, codes)
         return codes * step
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        v, codes, step = ctx.saved_tensors
-        inside = (v >= ctx.q_min) & (v <= ctx.q_max)
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        if not ctx.nearest:                                   # the forward's own rounding (any rule)
+            x, step, v, codes = ctx.saved_tensors
+            grad_inside = grad * ((v >= ctx.q_min) & (v <= ctx.q_max))
+            grad_step = (grad * codes - grad_inside * v).sum_to_size(step.shape).mul_(ctx.grad_scale) \
+                if ctx.needs_input_grad[1] else None
+            return grad_inside if ctx.needs_input_grad[0] else None, grad_step, None, None, None, None
+        x, step = ctx.saved_tensors
+        v = x / step
+        grad_inside = _pass_inside(grad, v, ctx.q_min, ctx.q_max)
         grad_step = None
         if ctx.needs_input_grad[1]:
-            per_value = codes - v * inside                   # the forward's own rounding (any rule)
-            grad_step = (grad * per_value).sum_to_size(step.shape).mul_(ctx.grad_scale)
-        return grad_x, grad_step, None, None, None, None
+            if step.numel() == 1 and grad.dtype == v.dtype:
+                inner = torch.dot(grad_inside.reshape(-1), v.reshape(-1))
+                codes = v.clamp_(ctx.q_min, ctx.q_max).round_()                    # v's buffer, reused
+                total = torch.dot(grad.reshape(-1), codes.reshape(-1)) - inner
+                grad_step = total.reshape(step.shape) * ctx.grad_scale
+            else:
+                codes = v.clamp(ctx.q_min, ctx.q_max).round_()
+                grad_step = (grad * codes - grad_inside * v).sum_to_size(step.shape).mul_(ctx.grad_scale)
+        return grad_inside if ctx.needs_input_grad[0] else None, grad_step, None, None, None, None
+
+
+def _next(value: float, dtype: torch.dtype, toward: float) -> float:
+    """The ``dtype`` number next to ``value`` in the direction of ``toward`` (as a Python float, exact)."""
+    return float(torch.nextafter(torch.tensor(value, dtype=dtype), torch.tensor(toward, dtype=dtype)))
+
+
+def _pass_inside(grad: Tensor, v: Tensor, low: float, high: float) -> Tensor:
+    """``grad`` where ``low <= v <= high`` (both inclusive), else 0, in one pass without a boolean mask
+    (``hardtanh_backward`` keeps the open interval, so its bounds are moved one float outwards)."""
+    return torch.ops.aten.hardtanh_backward(grad, v, _next(low, v.dtype, -math.inf), _next(high, v.dtype, math.inf))
 
 
 def _lsq_q_max(bits: object, signed: bool) -> tuple[int, int]:
@@ -254,6 +285,30 @@ def lsq_plus_fake_quantize(x: Tensor, step: Tensor, zero_point: Tensor, bits: in
 
 
 # ------------------------------------------------------------------------------------------ PACT
+class _PACT(torch.autograd.Function):
+    """PACT with one α in few passes: forward clamp, divide, round, multiply in one buffer; backward two
+    single-pass masks (``hardtanh_backward`` on (0, α], ``threshold_backward`` for x > α), only ``x`` saved."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, levels: int) -> Tensor:  # type: ignore[override]
+        a = float(alpha)
+        ctx.save_for_backward(x)
+        ctx.alpha, ctx.alpha_shape = a, alpha.shape
+        values = x.to(torch.float32).clamp(0.0, a)
+        step = torch.tensor(a, dtype=torch.float32) / levels          # the step of fake_quantize, in float32
+        return values.div_(step).round_().mul_(step).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        grad_x = torch.ops.aten.hardtanh_backward(grad, x, 0.0, _next(ctx.alpha, x.dtype, math.inf)) \
+            if ctx.needs_input_grad[0] else None
+        grad_alpha = torch.ops.aten.threshold_backward(grad, x, ctx.alpha).sum().reshape(ctx.alpha_shape) \
+            if ctx.needs_input_grad[1] else None
+        return grad_x, grad_alpha, None
+
+
 def pact_quantize(x: Tensor, alpha: Tensor, bits: int) -> Tensor:
     """PACT: clip ``x`` to ``[0, α]`` and quantize to ``2^b`` unsigned levels of step ``α / (2^b − 1)``.
 
@@ -265,8 +320,10 @@ def pact_quantize(x: Tensor, alpha: Tensor, bits: int) -> Tensor:
     _check_float(alpha, "alpha")
     bits = check_bits(bits)
     _check_positive(alpha.detach(), "alpha")
-    clipped = torch.relu(x) - torch.relu(x - alpha)    # = clamp(x, 0, α), with ∂/∂α = 1[x > α]
     levels = 2**bits - 1
+    if alpha.numel() == 1:
+        return _PACT.apply(x, alpha, levels)
+    clipped = torch.relu(x) - torch.relu(x - alpha)    # = clamp(x, 0, α), with ∂/∂α = 1[x > α]
     step = alpha.detach() / levels
     quantized = fakequant.fake_quantize(clipped.detach(), step, 0, 0, levels).to(clipped.dtype)
     return clipped + (quantized - clipped).detach()

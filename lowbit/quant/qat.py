@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +40,7 @@ from torch import Tensor, nn
 from lowbit.models import conv_bn_pairs
 from lowbit.quant import fakequant
 from lowbit.quant.modules import (LayerConfig, Policy, QuantConv2d, QuantLinear, dequantized, insert_after,
-                                  quantized, replace_children, swap_modules)
+                                  quantizable_layers, quantized, replace_children, swap_modules)
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.validate import (check_bits, check_broadcast, check_choice, check_float_tensor, check_int,
                                    check_positive_tensor, checked_qparams, quantized_range)
@@ -47,7 +49,9 @@ __all__ = ["ste_round", "fake_quantize_ste", "lsq_grad_scale", "lsq_fake_quantiz
            "lsq_plus_fake_quantize", "pact_quantize", "fold_batchnorm", "bn_fold_statistics",
            "LSQQuantizer", "LSQPlusQuantizer", "PACTQuantizer", "QATConv2d", "QATLinear", "QATConvBn2d",
            "STEP_FLOOR", "prepare_qat", "freeze_qat", "qat_quantizers", "alpha_penalty", "qat_policy",
-           "freeze_bn_stats", "freeze_ranges", "freeze_schedule"]
+           "freeze_bn_stats", "freeze_ranges", "freeze_schedule", "QAT_METHODS", "QATRun", "first_last_policy",
+           "PTQ_OBSERVERS", "PTQ_CLIPS", "ptq_baselines",
+           "prepare_recipe", "retarget_bits", "train_qat"]
 
 # ------------------------------------------------------------------------------------------ checks
 def _check_float(x: object, name: str = "x") -> Tensor:
@@ -848,3 +852,168 @@ def freeze_qat(model: nn.Module) -> nn.Module:
 
     replace_children(frozen, plain)
     return frozen
+
+
+# ------------------------------------------------------------------------------------------ the QAT recipe
+#: Gradient estimators ``train_qat(method=...)`` compares: fixed ranges with the plain STE (identity) or the
+#: clipped STE; learned ranges with LSQ (weights and activations) or PACT (LSQ weights, PACT activations).
+QAT_METHODS = ("ste", "clipped_ste", "lsq", "pact")
+
+
+@dataclass
+class QATRun:
+    """What ``train_qat`` returns: the trained QAT ``model`` (eval mode), the per-batch ``losses`` (floats,
+    NaN kept as NaN), the wall ``seconds`` of training and the ``settings`` it ran with."""
+
+    model: nn.Module
+    losses: list[float]
+    seconds: float
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        """True when some loss was NaN or infinite."""
+        return not all(math.isfinite(loss) for loss in self.losses)
+
+
+def _fixed_range_fn(gradient: str) -> QuantizeFn:
+    """A quantize function with the LSQ quantizer's signature whose step is a constant (its initial value)
+    and whose input gradient is ``gradient`` ("ste" or "clipped_ste"): the fixed-range STE baselines."""
+
+    def quantize(x: Tensor, step: Tensor, bits: int, signed: bool) -> Tensor:
+        q_min, q_max = quantized_range(bits, signed)
+        return fakequant.fake_quantize(x, step.detach().to(torch.float32), 0, q_min, q_max, gradient=gradient)
+
+    return quantize
+
+
+def first_last_policy(model: nn.Module, w_bits: int, first_last_bits: int | None = 8, **default: object) -> Policy:
+    """Every quantizable layer at ``w_bits`` except the first and the last (``quantizable_layers`` order) at
+    ``first_last_bits`` (None: the same ``w_bits``). The first layer sees the raw image, the last one decides
+    the logits: both are small (here 288 and 5,760 weights) and most sensitive, so low-bit recipes keep them at
+    8 bits (Esser et al. 2020; Choi et al. 2018). ``default``: more ``LayerConfig`` fields (e.g. ``options``)."""
+    names = list(quantizable_layers(model))
+    rules = {} if first_last_bits is None or not names else {names[0]: {"w_bits": first_last_bits},
+                                                              names[-1]: {"w_bits": first_last_bits}}
+    return Policy({"w_bits": w_bits, "method": "lsq", "granularity": "channel", **default}, rules=rules)
+
+
+#: The PTQ settings ``ptq_baselines`` tries: Lab 1's calibrators (``lowbit.quant.calibration``) × weight clips
+#: (KL is left out: at 4 bits and below its thresholds leave the CNN at chance).
+PTQ_OBSERVERS = ("minmax", "percentile", "mse")
+PTQ_CLIPS = ("minmax", "mse")
+
+
+def ptq_baselines(model: nn.Module, w_bits: int, a_bits: int, calib: Tensor, first_last_bits: int | None = 8,
+                  observers: Iterable[str] = PTQ_OBSERVERS, clips: Iterable[str] = PTQ_CLIPS
+                  ) -> dict[str, nn.Module]:
+    """Static PTQ models (``lowbit.quant.ptq.ptq`` of the BN-folded ``model``, Lab 1's pipeline) at the same
+    layout as ``prepare_recipe``: weights per channel at ``w_bits`` with the first and last layer at
+    ``first_last_bits``, activations (input and every ReLU output) at ``a_bits`` with the input and the last
+    layer's input at ``first_last_bits``; one model per (weight clip, activation observer), named
+    ``"<observer>, <clip> weights"``. ``calib``: calibration images ``[N, 1, 28, 28]``. QAT is compared with the
+    best of them."""
+    from lowbit.models import fold_batchnorm
+    from lowbit.quant.ptq import ptq
+
+    folded = fold_batchnorm(model)
+    models = {}
+    for clip in clips:
+        policy = first_last_policy(folded, w_bits, first_last_bits, options={"clip": clip})
+        for observer in observers:
+            quantized = ptq(folded, calib, None, a_bits, observer=observer, policy=policy, progress=False)
+            activations = quantized.activation_quantizers()          # the input's first, the last layer's last
+            if first_last_bits is not None:
+                for quantizer in (activations[0], activations[-1]):
+                    quantizer.bits = check_bits(first_last_bits)
+                    quantizer.freeze()
+            models[f"{observer}, {clip} weights"] = quantized
+    return models
+
+
+def prepare_recipe(model: nn.Module, w_bits: int, a_bits: int, method: str = "lsq", first_last_bits: int | None = 8,
+                   fold_bn: bool = True, weight_quantize_fn: QuantizeFn | None = None,
+                   activation_quantize_fn: QuantizeFn | None = None,
+                   fold_fn: Callable[..., tuple[Tensor, Tensor]] | None = None,
+                   stats_fn: Callable[..., tuple[Tensor, Tensor]] | None = None) -> nn.Module:
+    """The QAT model ``train_qat`` trains: ``prepare_qat`` with ``first_last_policy``, activations after every
+    ReLU at ``a_bits`` except the last one (the last layer's input) at ``first_last_bits``, BN folded
+    (``fold_bn``), and ``method``'s quantize functions (``QAT_METHODS``; explicit ``*_quantize_fn`` win)."""
+    check_choice("method", method, QAT_METHODS)
+    if method in ("ste", "clipped_ste"):
+        weight_quantize_fn = weight_quantize_fn or _fixed_range_fn(method)
+        activation_quantize_fn = activation_quantize_fn or _fixed_range_fn(method)
+    qat = prepare_qat(model, None, a_bits, activation="pact" if method == "pact" else "lsq",
+                      policy=first_last_policy(model, w_bits, first_last_bits), fold_bn=fold_bn,
+                      weight_quantize_fn=weight_quantize_fn, activation_quantize_fn=activation_quantize_fn,
+                      fold_fn=fold_fn, stats_fn=stats_fn)
+    activations = [q for q in qat_quantizers(qat) if not isinstance(getattr(q, "channel_dim", None), int)]
+    if activations and first_last_bits is not None:
+        activations[-1].retarget(first_last_bits)
+    return qat
+
+
+def retarget_bits(qat: nn.Module, w_bits: int, a_bits: int, first_last_bits: int | None = 8) -> nn.Module:
+    """In place: a ``prepare_recipe`` model moved to ``w_bits`` / ``a_bits`` (first and last layer and the last
+    activation at ``first_last_bits``), keeping every learned clipping range (``retarget``): one stage of a
+    gradual 8 → 4 → 2 schedule. Returns ``qat``."""
+    weights = [m.weight_quantizer for m in qat.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    activations = [q for q in qat_quantizers(qat) if not any(q is w for w in weights)]
+    for index, quantizer in enumerate(weights):
+        edge = index in (0, len(weights) - 1) and first_last_bits is not None
+        quantizer.retarget(first_last_bits if edge else w_bits)
+    for index, quantizer in enumerate(activations):
+        edge = index == len(activations) - 1 and first_last_bits is not None
+        quantizer.retarget(first_last_bits if edge else a_bits)
+    return qat
+
+
+def train_qat(model: nn.Module, w_bits: int, a_bits: int, epochs: int = 3, method: str = "lsq",
+              first_last_bits: int | None = 8, fold_bn: bool = True, lr: float = 1e-3, batch_size: int = 128,
+              fraction: float = 1.0, freeze_bn_after: float | None = 2.0, freeze_ranges_after: float | None = None,
+              seed: int = 0, loader: Iterable | None = None, progress: bool = True, prepared: nn.Module | None = None,
+              **quantize_fns: Callable) -> QATRun:
+    """The course's QAT recipe, in one place (Lab 3 and ``benchmarks/bench_lab3_accuracy.py`` call it).
+
+    ``prepare_recipe(model, w_bits, a_bits, method, first_last_bits, fold_bn, **quantize_fns)`` (or
+    ``prepared``, an already prepared model, e.g. the previous stage of a gradual schedule, trained in place),
+    then ``epochs`` epochs of ``lowbit.train.train`` over ``loader`` (default: the 6,000 embedded training
+    images, batches of ``batch_size``, shuffled with ``seed``), ``fraction`` of each epoch's batches
+    (``0 < fraction <= 1``: the lab's short version): Adam at ``lr`` decayed to 0 on a cosine per batch, PACT's
+    ``alpha_penalty`` for ``method="pact"``, BN statistics frozen after ``freeze_bn_after`` epochs and
+    quantizer ranges after ``freeze_ranges_after`` (``freeze_schedule``; the torchvision recipe's BN-after-3 /
+    observers-after-4 of its schedule, scaled to 3 epochs). ``quantize_fns``: ``weight_quantize_fn``,
+    ``activation_quantize_fn``, ``fold_fn``, ``stats_fn`` (a lab passes the student's). Seeded: the same
+    arguments give the same model (one torch thread gives bit-identical runs). A loss that turns NaN is
+    recorded, not raised (``QATRun.diverged``).
+    """
+    from lowbit import data
+    from lowbit.train import train
+    from lowbit.utils import seed_everything
+
+    check_int(epochs, "epochs", low=1)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    unknown = set(quantize_fns) - {"weight_quantize_fn", "activation_quantize_fn", "fold_fn", "stats_fn"}
+    if unknown:
+        raise TypeError(f"train_qat got unexpected arguments {sorted(unknown)}")
+    seed_everything(seed)
+    qat = prepared if prepared is not None else prepare_recipe(model, w_bits, a_bits, method, first_last_bits,
+                                                               fold_bn, **quantize_fns)
+    if loader is None:
+        loader = data.loaders(batch_size=batch_size, seed=seed)[0]
+    per_epoch = max(1, math.ceil(fraction * len(loader)))
+    parameters = [p for p in qat.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * per_epoch)
+    hook = freeze_schedule(per_epoch, freeze_bn_after, freeze_ranges_after)
+    started = time.perf_counter()
+    losses = train(qat, loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device="cpu",
+                   progress=progress, max_batches=per_epoch, after_step=hook, extra_loss=alpha_penalty
+                   if method == "pact" else None, desc=f"QAT W{w_bits}A{a_bits} {method}")
+    seconds = time.perf_counter() - started
+    qat.eval()
+    settings = {"w_bits": w_bits, "a_bits": a_bits, "epochs": epochs, "method": method, "fraction": fraction,
+                "first_last_bits": first_last_bits, "fold_bn": fold_bn, "lr": lr, "batch_size": batch_size,
+                "freeze_bn_after": freeze_bn_after, "freeze_ranges_after": freeze_ranges_after, "seed": seed}
+    return QATRun(qat, losses, seconds, settings)

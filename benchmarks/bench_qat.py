@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_qat.py [--threads 1] [--repeats 15] [--write]
 
-1. Operators, forward + backward on 1,000,000 float32 values (median of ``--repeats``):
+1. Operators, forward + backward on 1,000,000 float32 values (median of ``--repeats``, interleaved):
    ``fake_quantize_ste`` vs ``torch.fake_quantize_per_tensor_affine`` (both the clipped STE), and
    ``lsq_fake_quantize`` vs ``torch._fake_quantize_learnable_per_tensor_affine`` (both LSQ gradients).
 2. One training step (forward, backward, SGD) of the course CNN on a batch of 128 images: float; lowbit
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -52,8 +53,23 @@ def operator_rows(repeats: int) -> list[tuple[str, float, float]]:
     def torch_lsq() -> None:
         torch._fake_quantize_learnable_per_tensor_affine(x, step, zero, -8, 7, 1.0).backward(grad)
 
-    return [("fake quantization, clipped STE (4 bits)", median_ms(ours_ste, repeats), median_ms(torch_ste, repeats)),
-            ("LSQ, learned step (4 bits)", median_ms(ours_lsq, repeats), median_ms(torch_lsq, repeats))]
+    ms = interleaved_medians({"ours_ste": ours_ste, "torch_ste": torch_ste, "ours_lsq": ours_lsq,
+                              "torch_lsq": torch_lsq}, repeats)
+    return [("fake quantization, clipped STE (4 bits)", ms["ours_ste"], ms["torch_ste"]),
+            ("LSQ, learned step (4 bits)", ms["ours_lsq"], ms["torch_lsq"])]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median ms per function, the functions timed in turn within each of ``repeats`` rounds (after 3
+    warm-up calls each), so a change in the machine's load hits every one alike."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_ms(fn, 1, warmup=0))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def torch_ao_qat(model: torch.nn.Module) -> torch.nn.Module:
@@ -87,14 +103,7 @@ def training_step_rows(repeats: int) -> list[tuple[str, float]]:
             optimizer.step()
 
         steps[name] = step
-    for step in steps.values():                                    # warm-up
-        for _ in range(3):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            times[name].append(median_ms(step, 1, warmup=0))
-    return [(name, statistics.median(values)) for name, values in times.items()]
+    return list(interleaved_medians(steps, repeats).items())
 
 
 def main() -> None:
@@ -116,8 +125,12 @@ def main() -> None:
     print(text)
     if args.write:
         write_section("QAT", f"`benchmarks/bench_qat.py --threads {args.threads} --write` ({time.strftime('%Y-%m-%d')}), "
-                      f"median of {args.repeats}, 2-core x86_64 VM. PyTorch's fused kernels are the peer: lowbit's "
-                      "operators are plain tensor code with a custom backward.\n\n" + text)
+                      f"median of {args.repeats}, timed interleaved, 2-core x86_64 VM (load average "
+                      f"{os.getloadavg()[0]:.1f} during the run: absolute times vary with the load, the ratios hold). "
+                      "PyTorch's fused kernels are the peer: lowbit's operators are plain tensor code with a custom "
+                      "backward. The default `prepare_qat` keeps BatchNorm after the quantized conv; `fold_bn=True` "
+                      "(what `train_qat`, the Lab 3 recipe, uses, and what deployment computes) adds a float conv per "
+                      "layer for the batch statistics (Jacob et al. 2018), hence its cost.\n\n" + text)
 
 
 if __name__ == "__main__":

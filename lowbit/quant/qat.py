@@ -19,6 +19,17 @@ Rounding has zero gradient almost everywhere, so training through ``fake_quantiz
   ``α / (2^b − 1)``; by the STE, ∂y/∂x = 1 on ``(0, α]`` and ∂y/∂α = 1 where ``x > α``. ``pact_quantize``,
   ``PACTQuantizer``.
 
+- **LSQ+** (Bhalgat et al. 2020): a learned zero point too, rounded straight-through in the forward pass.
+  ``lsq_plus_fake_quantize``, ``LSQPlusQuantizer``.
+- **BatchNorm folding** (Jacob et al. 2018, section 3.2): ``fold_batchnorm`` (w' = w·γ/σ, b' = β + (b − μ)·γ/σ)
+  with ``bn_fold_statistics`` (the batch's statistics while training, the running ones after
+  ``freeze_bn_stats``); ``QATConvBn2d`` fake-quantizes the folded weight. ``freeze_schedule`` freezes BN and
+  then the quantizer ranges on a schedule (the torchvision QAT recipe), through ``lowbit.train.train``'s hooks.
+
+Every quantizer and ``prepare_qat`` take the function they call (``quantize_fn=`` / ``fold_fn=`` / ``stats_fn=``,
+default the references here), so a lab assembles the modules from the student's functions. ``train_qat`` is
+the course's QAT recipe (Lab 3 and ``benchmarks/bench_lab3_accuracy.py``), ``ptq_baselines`` its PTQ peers.
+
 ``prepare_qat`` turns a float model into a QAT model: every Conv2d/Linear becomes a ``QATConv2d`` /
 ``QATLinear`` whose forward pass uses its weight's fake-quantized value (the float "latent" weight is what
 the optimizer updates), and every ReLU is followed by an activation quantizer. ``freeze_qat`` bakes the

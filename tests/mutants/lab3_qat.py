@@ -109,12 +109,6 @@ MUTANTS = [
            "v = torch.clamp(v, q_min, q_max)  # clamp", "x exactly on a clip boundary: both bounds are inside, decided on x / s"),
     Mutant("lsq_fake_quantize", "inside decided on round(x / s) (torch's learnable op)", "    v = x / s\n",
            "    v = ste_round(x / s)\n", "x exactly on a clip boundary: both bounds are inside, decided on x / s"),
-    Mutant("lsq_fake_quantize", "unclipped x gradient", _LSQ_CLAMP,
-           "v = v + (torch.where(v < q_min, q_min, torch.where(v > q_max, q_max, v)) - v).detach()  # clamp",
-           "x gradient: the upstream gradient inside the range, 0 outside"),
-    Mutant("lsq_fake_quantize", "step gradient inside is v - round(v)", _LSQ_RETURN,
-           f"{_LSQ_RETURN} - 2 * (ste_round(v) - v).detach() * (s - s.detach())",
-           "step gradient inside the range: round(v) - v"),
     Mutant("lsq_fake_quantize", "step <= 0 not refused", 'check_positive_tensor(step.detach(), "step")', "pass",
            "rejects step <= 0"),
     # lsq_plus_fake_quantize

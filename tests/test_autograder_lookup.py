@@ -8,8 +8,10 @@ secret the lookup submission keeps at most 10 % of the auto-graded points, while
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
+import zlib
 from pathlib import Path
 
 import pytest
@@ -35,9 +37,12 @@ pytestmark = pytest.mark.xdist_group("autograder-lookup")
 
 #: The attacker's helpers, shared by the recording (here) and the submission (in the sandbox).
 LOOKUP_HELPERS = r'''
+import base64 as _base64
 import builtins as _builtins
 import hashlib as _hashlib
 import json as _json
+import zlib as _zlib
+
 import torch as _torch
 
 
@@ -197,9 +202,9 @@ def _recording_gradients(table: dict, key: str, value, tensors: list[torch.Tenso
 def lookup_submission(lab: Lab, tables: dict[str, dict]) -> bytes:
     answers = dict(solution_answers(lab.source_bytes))
     for index, name in enumerate(lab.contract.graded):
-        table = json.dumps(tables[name], separators=(",", ":"))
-        answers[name] = (LOOKUP_HELPERS if index == 0 else "") + (
-            f"\n_TABLE_{name} = _json.loads({table!r})\n\n"
+        table = base64.b85encode(zlib.compress(json.dumps(tables[name], separators=(",", ":")).encode(), 9)).decode()
+        answers[name] = (LOOKUP_HELPERS if index == 0 else "") + (   # compressed: a cell holds at most 200,000 chars
+            f"\n_TABLE_{name} = _json.loads(_zlib.decompress(_base64.b85decode({table!r})))\n\n"
             f"def {name}(*args, **kwargs):\n"
             f"    return _lookup(_TABLE_{name}, args, kwargs, globals())\n")
     return fill_answers(lab.released_bytes, answers)

@@ -9,6 +9,7 @@ given, the likely mistake. On success it prints one short ``✓`` line to stdout
 """
 from __future__ import annotations
 
+import inspect
 import math
 from numbers import Real
 from typing import Any, Callable, Mapping, Sequence
@@ -16,8 +17,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from lowbit._check_failure import CheckFailure
+from lowbit._vjp import UnusableResult, check_upstream, check_wrt, gradients_of
 
-__all__ = ["assert_equal_int", "assert_close", "assert_dtype", "assert_shape", "assert_not_modified"]
+__all__ = ["assert_equal_int", "assert_close", "assert_dtype", "assert_shape", "assert_not_modified",
+           "assert_gradient_close", "gradients_of"]
 
 _MAX_SHOWN = 12
 
@@ -122,26 +125,33 @@ def assert_close(got: Any, expected: Any, what: str, *, rtol: float = 1e-5, atol
     if got_t.shape != expected_t.shape:
         _fail(what, inputs, expected, got, [f"shape: expected {tuple(expected_t.shape)}, got {tuple(got_t.shape)}"],
               hint)
-    g, e = got_t.to(torch.float64), expected_t.to(torch.float64)
+    details = _close_failure(got_t, expected_t, rtol, atol)
+    if details:
+        _fail(what, inputs, expected, got, details, hint)
+    _passed(what)
+
+
+def _close_failure(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> list[str]:
+    """Why same-shaped ``got`` is not within atol + rtol·|expected| of ``expected`` (empty list: it is)."""
+    g, e = got.to(torch.float64), expected.to(torch.float64)
     if g.numel() == 0:
-        _passed(what)
-        return
+        return []
     error = (g - e).abs()
     error = torch.where(torch.isnan(g) & torch.isnan(e), torch.zeros_like(error), error)
     error = torch.where(torch.isinf(g) & (g == e), torch.zeros_like(error), error)
     allowed = atol + rtol * e.abs()
     bad = ~(error <= allowed)                                            # NaN errors count as bad
-    if bool(bad.any()):
-        max_abs = float(error.max()) if not bool(torch.isnan(error).any()) else math.nan
-        relative = error / e.abs().clamp(min=1e-300)
-        max_rel = float(relative.max()) if not bool(torch.isnan(relative).any()) else math.nan
-        details = [f"max abs error: {max_abs:.3g}   max relative error: {max_rel:.3g}   "
-                   f"tolerance: atol={atol:g} + rtol={rtol:g}·|expected|",
-                   _first_mismatch(bad, g, e)]
-        if bool(torch.isnan(g).any()):
-            details.append("got contains NaN (a division by a zero scale?)")
-        _fail(what, inputs, expected, got, details, hint)
-    _passed(what)
+    if not bool(bad.any()):
+        return []
+    max_abs = float(error.max()) if not bool(torch.isnan(error).any()) else math.nan
+    relative = error / e.abs().clamp(min=1e-300)
+    max_rel = float(relative.max()) if not bool(torch.isnan(relative).any()) else math.nan
+    details = [f"max abs error: {max_abs:.3g}   max relative error: {max_rel:.3g}   "
+               f"tolerance: atol={atol:g} + rtol={rtol:g}·|expected|",
+               _first_mismatch(bad, g, e)]
+    if bool(torch.isnan(g).any()):
+        details.append("got contains NaN (a division by a zero scale?)")
+    return details
 
 
 def assert_dtype(got: Any, dtype: torch.dtype, what: str, hint: str | None = None) -> None:
@@ -213,3 +223,58 @@ def assert_not_modified(fn: Callable, *args: Any, what: str | None = None, **kwa
               "an in-place operation on the input (x /= s, x.clamp_(), x[...] = ...): work on a copy, "
               "e.g. y = x / s")
     _passed(name)
+
+
+def _parameter_names(fn: Callable, count: int) -> list[str]:
+    """The names of ``fn``'s first ``count`` positional parameters ("argument i" where unknown)."""
+    try:
+        names = [p.name for p in inspect.signature(fn).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        names = []
+    return [names[i] if i < len(names) else f"argument {i}" for i in range(count)]
+
+
+def assert_gradient_close(fn: Callable, *args: Any, wrt: Sequence[int | str], expected: Sequence[Any], what: str,
+                          upstream: Any = None, rtol: float = 1e-5, atol: float = 1e-8, inputs: Any = None,
+                          hint: str | None = None, **kwargs: Any) -> None:
+    """The gradients of ``fn(*args, **kwargs)`` with respect to the inputs in ``wrt`` match ``expected``.
+
+    ``wrt``, ``upstream``: as :func:`gradients_of` (positions / keyword names of float tensor inputs; the upstream
+    gradient, a tensor of the result's shape, or None for a single-element result). ``expected``: one expected
+    gradient (tensor of that input's shape) per ``wrt`` entry. Compared as :func:`assert_close`; the message shows
+    the inputs (by default the ``wrt`` inputs and the upstream), expected and got gradient, the first differing
+    position and the hint, and names the likely mistake when the gradient is zero everywhere. The remaining
+    keyword arguments go to ``fn`` (so ``fn`` cannot take keywords named like this helper's own).
+    """
+    positions = check_wrt(args, kwargs, wrt)
+    check_upstream(upstream)
+    if isinstance(expected, (str, bytes)) or not isinstance(expected, (list, tuple)) or len(expected) != len(wrt):
+        raise TypeError(f"expected must be a list of one gradient per wrt entry ({len(positions)}), got {expected!r}")
+    names = _parameter_names(fn, len(args))
+    labels = [names[p] if isinstance(p, int) else p for p in positions]
+    if inputs is None:
+        inputs = {label: args[p] if isinstance(p, int) else kwargs[p] for label, p in zip(labels, positions)}
+        if upstream is not None:
+            inputs["upstream"] = upstream
+    try:
+        _, gradients = gradients_of(fn, *args, wrt=positions, upstream=upstream, **kwargs)
+    except UnusableResult as exc:
+        returned_none = "returned a NoneType" in str(exc)
+        _fail(what, inputs, "a floating-point tensor result", None if returned_none else str(exc), [], hint)
+    for label, got, want in zip(labels, gradients, expected):
+        want_t = _as_tensor(want)
+        if want_t is None:
+            raise TypeError(f"expected gradient for {label} must be a number or tensor, got {type(want)}")
+        title = f"{what}: gradient with respect to {label}"
+        if tuple(got.shape) != tuple(want_t.shape):
+            raise TypeError(f"expected gradient for {label} has shape {tuple(want_t.shape)}, but {label} has shape "
+                            f"{tuple(got.shape)}")
+        details = _close_failure(got, want_t, rtol, atol)
+        if details:
+            if not bool(got.any()) and bool(want_t.any()):
+                details.append(f"likely mistake: the gradient is zero everywhere: the result is detached from {label} "
+                               "(.detach(), .item(), torch.tensor(...) of a result) or rounds without a "
+                               "straight-through gradient")
+            _fail(title, inputs, want_t, got, details, hint)
+    _passed(what)

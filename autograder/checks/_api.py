@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from autograder.secret import PRACTICE_KEY
-from lowbit.testing import describe
+from lowbit.testing import describe, gradients_of
 
 #: Outcomes of every named check since the grader last cleared it: dicts suite/name/passed/message/hint.
 RECORDER: list[dict] = []
@@ -313,3 +313,22 @@ def expect_unchanged(fn: Callable, *args: Any, what: str, **kwargs: Any) -> Any:
         if not torch.equal(kept, now):
             raise AssertionError(f"{what} modified its input {index} in place; work on a copy instead")
     return result
+
+
+def call_with_gradients(fn: Callable, *args: Any, wrt: Sequence[int | str], upstream: Any = None,
+                        **kwargs: Any) -> tuple[Any, list[torch.Tensor]]:
+    """``(value, gradients)`` of ``fn(*args, **kwargs)``, with the contract of :func:`lowbit.testing.gradients_of`:
+    the detached result and, for each ``wrt`` entry (a position or keyword name of a float tensor argument),
+    d⟨upstream, result⟩/d input, a tensor of that input's shape and dtype.
+
+    For a student's function (a sandbox proxy) one request goes to the sandbox, which computes both there; the
+    reply is checked here (one genuine float tensor of the input's shape and dtype per ``wrt`` entry, no in-place
+    edit of the inputs), and a failure inside the student's code arrives as a ``StudentError``, as for a call.
+    Compare the returned value with the reference too: a function may behave differently when its inputs require
+    grad. Draw ``upstream`` from ``suite.draw`` (e.g. ``suite.draw.normal(*shape)``) so a fixed table of
+    gradients cannot match it. For any other callable (a reference) it is :func:`lowbit.testing.gradients_of`.
+    """
+    from autograder.runner import Proxy  # the runner imports this module
+    if isinstance(fn, Proxy):
+        return fn.call_with_gradients(*args, wrt=wrt, upstream=upstream, **kwargs)
+    return gradients_of(fn, *args, wrt=wrt, upstream=upstream, **kwargs)

@@ -52,6 +52,7 @@
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # %matplotlib widget
 import copy
+import itertools
 import math
 
 import matplotlib.pyplot as plt
@@ -62,7 +63,8 @@ from tqdm.auto import tqdm
 import lowbit
 from lowbit import viz
 from lowbit.quant.validate import check_bits, check_float_tensor, check_positive_tensor, checked_qparams, quantized_range
-from lowbit.testing import assert_close, assert_dtype, assert_equal_int, assert_not_modified, assert_shape, gradients_of
+from lowbit.testing import (assert_close, assert_dtype, assert_gradient_close, assert_not_modified, assert_shape,
+                            gradients_of)
 
 torch.set_num_threads(1)  # the course machine is shared: one thread is faster than two busy ones
 lowbit.seed_everything(0)
@@ -153,12 +155,11 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
 # %% nbgrader={"grade": true, "grade_id": "test_ste_round", "locked": true, "points": 6, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-1.5, -0.5, 0.4, 0.5, 1.5, 2.5])
 upstream = torch.tensor([1.0, -2.0, 3.0, 0.5, 4.0, -1.0])
-value, (grad_x,) = gradients_of(ste_round, x, wrt=[0], upstream=upstream)
-assert_close(value, torch.tensor([-2.0, -0.0, 0.0, 0.0, 2.0, 2.0]), "ste_round(x)", atol=0, inputs={"x": x},
+assert_close(ste_round(x), torch.tensor([-2.0, -0.0, 0.0, 0.0, 2.0, 2.0]), "ste_round(x)", atol=0, inputs={"x": x},
              hint="halves round to the even neighbour: torch.round, not floor(x + 0.5)")
-assert_close(grad_x, upstream, "x.grad of ste_round(x) for the upstream gradient shown", atol=0,
-             inputs={"x": x, "upstream": upstream},
-             hint="the gradient must pass unchanged: torch.round alone has gradient 0; keep `+ x` outside detach()")
+assert_gradient_close(ste_round, x, wrt=[0], upstream=upstream, expected=[upstream], what="ste_round(x)", atol=0,
+                      hint="the gradient must pass unchanged: torch.round alone has gradient 0; keep `+ x` outside "
+                           "detach()")
 assert_dtype(ste_round(x.half()), torch.float16, "ste_round of a float16 tensor keeps float16")
 assert_not_modified(ste_round, x)
 ### BEGIN HIDDEN TESTS
@@ -222,24 +223,23 @@ def fake_quantize_ste(x: torch.Tensor, scale, zero_point, bits: int, signed: boo
 
 # %% nbgrader={"grade": true, "grade_id": "test_fake_quantize_ste", "locked": true, "points": 12, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-1.0, -0.7, 0.25, 0.75, 3.2, 3.6])
-value, (grad_x,) = gradients_of(fake_quantize_ste, x, 0.5, 1, 3, signed=False, wrt=[0], upstream=torch.ones(6))
-assert_close(value, torch.tensor([-0.5, -0.5, 0.0, 1.0, 3.0, 3.0]), "fake_quantize_ste(x, 0.5, 1, 3, signed=False)",
+assert_close(fake_quantize_ste(x, 0.5, 1, 3, signed=False), torch.tensor([-0.5, -0.5, 0.0, 1.0, 3.0, 3.0]), "fake_quantize_ste(x, 0.5, 1, 3, signed=False)",
              atol=1e-7, inputs={"x": x}, hint="x/S = 0.5 rounds to 0 (half to even), then add Z = 1: add the zero "
                                             "point after rounding, then clamp to [0, 7]")
-assert_close(grad_x, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]), "x.grad of fake_quantize_ste (upstream ones)",
-             atol=0, inputs={"x": x},
-             hint="clipped STE: 0 where round(x/S) + Z was clamped (x = -1.0, 3.6), 1 inside; decide on the rounded "
+assert_gradient_close(fake_quantize_ste, x, 0.5, 1, 3, signed=False, wrt=[0], upstream=torch.ones(6),
+                      expected=[torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0])],
+                      what="fake_quantize_ste(x, 0.5, 1, 3, signed=False), upstream ones", atol=0,
+                      hint="clipped STE: 0 where round(x/S) + Z was clamped (x = -1.0, 3.6), 1 inside; decide on the rounded "
                   "code (x = -0.7 and 3.2 round onto the range's ends 0 and 7)")
 w = torch.tensor([[0.3, -2.0, 0.9], [0.1, 2.2, -0.6]])
 scale = torch.tensor([[0.5], [0.25]])
-value, (grad_w,) = gradients_of(fake_quantize_ste, w, scale, 0, 4, wrt=[0], upstream=torch.ones(2, 3))
 torch_w = w.clone().requires_grad_()
 expected = torch.fake_quantize_per_channel_affine(torch_w, scale.reshape(-1), torch.zeros(2, dtype=torch.int32), 0, -8, 7)
 expected.sum().backward()
-assert_close(value, expected.detach(), "per-channel fake_quantize_ste(w, scale [2, 1], 0, 4) vs "
-             "torch.fake_quantize_per_channel_affine", atol=1e-7, inputs={"w": w, "scale": scale})
-assert_close(grad_w, torch_w.grad, "w.grad, per channel, vs torch.fake_quantize_per_channel_affine", atol=0,
-             inputs={"w": w, "scale": scale})
+assert_close(fake_quantize_ste(w, scale, 0, 4), expected.detach(), "per-channel fake_quantize_ste(w, scale [2, 1], 0, 4) "
+             "vs torch.fake_quantize_per_channel_affine", atol=1e-7, inputs={"w": w, "scale": scale})
+assert_gradient_close(fake_quantize_ste, w, scale, 0, 4, wrt=[0], upstream=torch.ones(2, 3), expected=[torch_w.grad],
+                      what="per channel, vs torch.fake_quantize_per_channel_affine", atol=0)
 assert_dtype(fake_quantize_ste(x.half(), 0.5, 1, 3, signed=False), torch.float32, "fake_quantize_ste of float16 x")
 assert_not_modified(fake_quantize_ste, x, 0.5, 1, 3, signed=False)
 ### BEGIN HIDDEN TESTS
@@ -431,28 +431,29 @@ def lsq_fake_quantize(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bo
 # %% nbgrader={"grade": true, "grade_id": "test_lsq_fake_quantize", "locked": true, "points": 16, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-2.5, -2.0, -0.25, 0.7, 1.5, 1.6])
 step = torch.full((6,), 0.5)  # one step per value: each element of step.grad is that value's own ∂y/∂s
-value, (grad_x, grad_s) = gradients_of(lsq_fake_quantize, x, step, 3, grad_scale=1.0, wrt=[0, 1],
-                                       upstream=torch.ones(6))
-assert_close(value, torch.tensor([-2.0, -2.0, -0.0, 0.5, 1.5, 1.5]), "lsq_fake_quantize(x, step=0.5, bits=3)",
+assert_close(lsq_fake_quantize(x, step, 3), torch.tensor([-2.0, -2.0, -0.0, 0.5, 1.5, 1.5]), "lsq_fake_quantize(x, step=0.5, bits=3)",
              atol=1e-6, inputs={"x": x}, hint="v = x/s = [-5, -4, -0.5, 1.4, 3, 3.2]: clamp to [-4, 3] first, then "
                                             "round half to even (-0.5 -> 0)")
-assert_close(grad_x, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]), "x.grad (grad_scale=1)", atol=1e-6,
-             inputs={"x": x}, hint="1 where -Q_N <= x/s <= Q_P, ends included; decided on v = x/s, not on round(v) "
-                                   "(v = 3.2 is outside)")
-assert_close(grad_s, torch.tensor([-4.0, 0.0, 0.5, -0.4, 0.0, 3.0]), "step.grad per value (grad_scale=1)", atol=1e-6,
-             inputs={"x": x}, hint="below the range ∂y/∂s = -Q_N = -4 (negative), above +Q_P = 3, inside round(v) - v")
+assert_gradient_close(lsq_fake_quantize, x, step, 3, grad_scale=1.0, wrt=[0], upstream=torch.ones(6),
+                      expected=[torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0])], what="lsq_fake_quantize, grad_scale=1",
+                      atol=1e-6, hint="1 where -Q_N <= x/s <= Q_P, ends included (torch.clamp's gradient is 0 on its "
+                                      "bounds); decided on v = x/s, not on round(v) (v = 3.2 is outside)")
+assert_gradient_close(lsq_fake_quantize, x, step, 3, grad_scale=1.0, wrt=[1], upstream=torch.ones(6),
+                      expected=[torch.tensor([-4.0, 0.0, 0.5, -0.4, 0.0, 3.0])],
+                      what="lsq_fake_quantize with one step per value, grad_scale=1", atol=1e-6,
+                      hint="below the range ∂y/∂s = -Q_N = -4 (negative), above +Q_P = 3, inside round(v) - v")
 step = torch.tensor(0.5)
-_, (grad_s,) = gradients_of(lsq_fake_quantize, x, step, 3, wrt=[1], upstream=torch.ones(6))
-assert_close(grad_s, torch.tensor(-0.9 / math.sqrt(6 * 3)), "step.grad with the default gradient scale", atol=1e-6,
-             inputs={"x": x, "step": step},
-             hint="the summed gradient -0.9 times g = 1 / sqrt(N · Q_P) = 1 / sqrt(6 · 3) (not squared, not missing)")
+assert_gradient_close(lsq_fake_quantize, x, step, 3, wrt=[1], upstream=torch.ones(6),
+                      expected=[torch.tensor(-0.9 / math.sqrt(6 * 3))],
+                      what="lsq_fake_quantize with the default gradient scale", atol=1e-6,
+                      hint="the summed gradient -0.9 times g = 1 / sqrt(N · Q_P) = 1 / sqrt(6 · 3) (not squared, not missing)")
 w = torch.tensor([[0.2, -0.9, 0.4], [0.1, 0.3, -0.2]])
 step = torch.tensor([[0.5], [0.25]])
-value, (grad_s,) = gradients_of(lsq_fake_quantize, w, step, 3, wrt=[1], upstream=torch.ones(2, 3))
-assert_close(value, torch.tensor([[0.0, -1.0, 0.5], [0.0, 0.25, -0.25]]), "per-channel lsq_fake_quantize(w, step [2, 1])",
-             atol=1e-6, inputs={"w": w, "step": step})
-assert_close(grad_s, torch.tensor([[-0.4], [-0.8]]) / math.sqrt(3 * 3), "per-channel step.grad (N = 3 values per step)",
-             atol=1e-6, inputs={"w": w, "step": step}, hint="N counts the values sharing one step: w.numel() // step.numel() = 3")
+assert_close(lsq_fake_quantize(w, step, 3), torch.tensor([[0.0, -1.0, 0.5], [0.0, 0.25, -0.25]]),
+             "per-channel lsq_fake_quantize(w, step [2, 1])", atol=1e-6, inputs={"w": w, "step": step})
+assert_gradient_close(lsq_fake_quantize, w, step, 3, wrt=[1], upstream=torch.ones(2, 3),
+                      expected=[torch.tensor([[-0.4], [-0.8]]) / math.sqrt(3 * 3)],
+                      what="per-channel lsq_fake_quantize (N = 3 values per step)", atol=1e-6, hint="N counts the values sharing one step: w.numel() // step.numel() = 3")
 assert_not_modified(lsq_fake_quantize, x, torch.tensor(0.5), 3)
 try:
     lsq_fake_quantize(x, torch.tensor(0.0), 3)
@@ -524,22 +525,25 @@ def lsq_plus_fake_quantize(x: torch.Tensor, step: torch.Tensor, zero_point: torc
 # %% nbgrader={"grade": true, "grade_id": "test_lsq_plus_fake_quantize", "locked": true, "points": 12, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-1.0, -0.5, 0.5, 0.75, 1.0, 1.5])
 step, zero_point = torch.full((6,), 0.5), torch.full((6,), 1.4)  # per value: the gradients are per value
-value, (grad_x, grad_s, grad_z) = gradients_of(lsq_plus_fake_quantize, x, step, zero_point, 2, grad_scale=1.0,
-                                               wrt=[0, 1, 2], upstream=torch.ones(6))
-assert_close(value, torch.tensor([-0.5, -0.5, 0.5, 0.5, 1.0, 1.0]), "lsq_plus_fake_quantize(x, 0.5, 1.4, bits=2)",
+assert_close(lsq_plus_fake_quantize(x, step, zero_point, 2), torch.tensor([-0.5, -0.5, 0.5, 0.5, 1.0, 1.0]), "lsq_plus_fake_quantize(x, 0.5, 1.4, bits=2)",
              atol=1e-6, inputs={"x": x}, hint="round the zero point in the forward pass: z = 1 (not 1.4); "
                                             "v = x/s + z = [-1, 0, 2, 2.5, 3, 4] clamps to [0, 3] and 2.5 rounds to 2")
-assert_close(grad_x, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]), "x.grad (grad_scale=1)", atol=1e-6, inputs={"x": x})
-assert_close(grad_s, torch.tensor([-1.0, 0.0, 0.0, -0.5, 0.0, 2.0]), "step.grad per value (grad_scale=1)", atol=1e-6,
-             inputs={"x": x}, hint="below the range ∂y/∂s = 0 - z = -1, above Q_P - z = 3 - 1 = 2, inside round(v) - v")
-assert_close(grad_z, torch.tensor([-0.5, 0.0, 0.0, 0.0, 0.0, -0.5]), "zero_point.grad per value (grad_scale=1)",
-             atol=1e-6, inputs={"x": x}, hint="∂y/∂z = -s where v was clamped, 0 inside; the STE passes it through the "
+assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, grad_scale=1.0, wrt=[0], upstream=torch.ones(6),
+                      expected=[torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0])], what="lsq_plus_fake_quantize, grad_scale=1",
+                      atol=1e-6)
+assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, grad_scale=1.0, wrt=[1], upstream=torch.ones(6),
+                      expected=[torch.tensor([-1.0, 0.0, 0.0, -0.5, 0.0, 2.0])],
+                      what="lsq_plus_fake_quantize, one step per value, grad_scale=1", atol=1e-6,
+                      hint="below the range ∂y/∂s = 0 - z = -1, above Q_P - z = 3 - 1 = 2, inside round(v) - v")
+assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, grad_scale=1.0, wrt=[2], upstream=torch.ones(6),
+                      expected=[torch.tensor([-0.5, 0.0, 0.0, 0.0, 0.0, -0.5])],
+                      what="lsq_plus_fake_quantize, one zero point per value, grad_scale=1", atol=1e-6, hint="∂y/∂z = -s where v was clamped, 0 inside; the STE passes it through the "
                                             "rounding of z")
 step, zero_point = torch.tensor(0.5), torch.tensor(1.4)
-_, (grad_s, grad_z) = gradients_of(lsq_plus_fake_quantize, x, step, zero_point, 2, wrt=[1, 2], upstream=torch.ones(6))
-assert_close(torch.stack([grad_s, grad_z]), torch.tensor([0.5, -1.0]) / math.sqrt(6 * 3),
-             "(step.grad, zero_point.grad) with the default gradient scale", atol=1e-6,
-             hint="both gradients times g = 1 / sqrt(N · Q_P) = 1 / sqrt(6 · 3), Q_P = 2^2 - 1")
+assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, wrt=[1, 2], upstream=torch.ones(6),
+                      expected=[torch.tensor(0.5 / math.sqrt(18)), torch.tensor(-1.0 / math.sqrt(18))],
+                      what="lsq_plus_fake_quantize with the default gradient scale", atol=1e-6,
+                      hint="both gradients times g = 1 / sqrt(N · Q_P) = 1 / sqrt(6 · 3), Q_P = 2^2 - 1")
 assert_not_modified(lsq_plus_fake_quantize, x, step, zero_point, 2)
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab3_qat import check_lsq_plus_fake_quantize
@@ -591,22 +595,131 @@ def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tens
 # %% nbgrader={"grade": true, "grade_id": "test_pact_quantize", "locked": true, "points": 10, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0])
 alpha = torch.tensor(2.0)
-value, (grad_x,) = gradients_of(pact_quantize, x, alpha, 2, wrt=[0], upstream=torch.ones(6))
-assert_close(value, torch.tensor([0.0, 0.0, 2 / 3, 4 / 3, 2.0, 2.0]), "pact_quantize(x, alpha=2, bits=2)", atol=1e-6,
+assert_close(pact_quantize(x, alpha, 2), torch.tensor([0.0, 0.0, 2 / 3, 4 / 3, 2.0, 2.0]), "pact_quantize(x, alpha=2, bits=2)", atol=1e-6,
              inputs={"x": x}, hint="clip to [0, 2], then round to multiples of 2 / (2^2 - 1) = 2/3")
-assert_close(grad_x, torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0]), "x.grad of pact_quantize", atol=1e-6, inputs={"x": x},
-             hint="1 on (0, alpha]: 0 for x <= 0, 1 at x = alpha, 0 above")
+assert_gradient_close(pact_quantize, x, alpha, 2, wrt=[0], upstream=torch.ones(6),
+                      expected=[torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0])], what="pact_quantize(x, alpha=2, bits=2)",
+                      atol=1e-6, hint="1 on (0, alpha]: 0 for x <= 0, 1 at x = alpha, 0 above")
 upstream = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-_, (grad_alpha,) = gradients_of(pact_quantize, x, alpha, 2, wrt=[1], upstream=upstream)
-assert_close(grad_alpha, torch.tensor(6.0), "alpha.grad for upstream [1, 2, 3, 4, 5, 6]", atol=1e-5,
-             inputs={"x": x, "upstream": upstream},
-             hint="only x > alpha (x = 3, upstream 6) counts: not x < alpha, not x = alpha, and no rounding term "
+assert_gradient_close(pact_quantize, x, alpha, 2, wrt=[1], upstream=upstream, expected=[torch.tensor(6.0)],
+                      what="pact_quantize for upstream [1, 2, 3, 4, 5, 6]", atol=1e-5, inputs={"x": x, "upstream": upstream},
+                      hint="only x > alpha (x = 3, upstream 6) counts: not x < alpha, not x = alpha, and no rounding term "
                   "through the step alpha / 3")
 assert_not_modified(pact_quantize, x, alpha, 2)
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab3_qat import check_pact_quantize
 check_pact_quantize(pact_quantize)
 ### END HIDDEN TESTS
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part2_explore", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Explore: LSQ's step gradient
+# The same widget as in Part 1, now with your `lsq_fake_quantize` (gradient scale 1, so you see the paper's raw
+# $\partial y/\partial s$). The stats under the figure give $\partial\,\mathrm{MSE}/\partial s$ on 20,000
+# samples of $\mathcal N(0,1)$: negative when a larger step would lower the error (too much clipping),
+# positive when a smaller one would (too much rounding). Find the step where it changes sign at 2, 3 and 4
+# bits: that is the step LSQ's gradient pushes toward if the loss were the MSE.
+
+# %% nbgrader={"grade": false, "grade_id": "part2_widget", "locked": true, "schema_version": 3, "solution": false, "task": false}
+viz.qat.ste_explorer(lambda x, step, bits: lsq_fake_quantize(x, step, bits, grad_scale=1.0))
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "pitfalls_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Three ways learned ranges break
+# Each cell below provokes one failure on a toy problem and then shows the fix.
+#
+# **1. A step that goes ≤ 0.** Nothing in gradient descent keeps $s > 0$. A large learning rate (or a large
+# unscaled gradient: $N$ values summed) pushes it through zero; with $s < 0$ every $x/s$ flips sign and the grid
+# is mirrored, with $s = 0$ it is NaN. Clamp the step after every optimizer step (lowbit's quantizers floor it).
+
+# %% nbgrader={"grade": false, "grade_id": "pitfall_step", "locked": true, "schema_version": 3, "solution": false, "task": false}
+def quantization_mse(step: torch.Tensor, **kwargs) -> torch.Tensor:
+    return (lsq_fake_quantize(sample, step, 4, **kwargs) - sample).square().mean()
+
+
+sample = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+step = nn.Parameter(lsq_init_step(sample, 4))
+print(f"initial step {step.item():.3g}, MSE {quantization_mse(step).item():.3g}")
+optimizer = torch.optim.SGD([step], lr=50.0)            # far too large for an unscaled gradient
+quantization_mse(step, grad_scale=1.0).backward()
+optimizer.step()
+print(f"after one SGD step with lr = 50 and no gradient scale: step = {step.item():.3g}")
+try:
+    quantization_mse(step)
+except ValueError as error:
+    print(f"your lsq_fake_quantize refuses it: {str(error)[:80]}…")
+optimizer = torch.optim.Adam([step], lr=0.01)
+for _ in range(200):                                    # the fix: clamp after every update, so training goes on
+    with torch.no_grad():
+        step.clamp_(min=1e-4)
+    optimizer.zero_grad()
+    quantization_mse(step).backward()
+    optimizer.step()
+print(f"clamped to >= 1e-4 after every update, 200 Adam steps: step = {step.item():.3g}, "
+      f"MSE {quantization_mse(step).item():.3g}")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "pitfall_optimizer_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **2. An optimizer built before the parameters exist.** A quantizer that creates its step lazily, at its first
+# forward pass ("initialise from the first batch"), creates it *after* `torch.optim.Adam(model.parameters())`
+# was called: the optimizer never sees it, and the step never trains — silently. (The seed study's notes fall
+# into the same trap when a parameter is re-assigned inside `forward`.) Create every parameter with its final
+# shape at construction, initialise its *value* in place from data, then build the optimizer.
+
+# %% nbgrader={"grade": false, "grade_id": "pitfall_optimizer", "locked": true, "schema_version": 3, "solution": false, "task": false}
+class LazyLSQ(nn.Module):
+    """The broken pattern: the step is created at the first forward pass."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits, self.step = bits, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step is None:
+            self.step = nn.Parameter(lsq_init_step(x, self.bits))
+        return lsq_fake_quantize(x, self.step, self.bits)
+
+
+class EagerLSQ(LazyLSQ):
+    """The fix: the parameter exists from the start; its value is set in place from the first batch."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.step, self.initialized = nn.Parameter(torch.ones(())), False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.initialized:
+            with torch.no_grad():
+                self.step.copy_(lsq_init_step(x, self.bits))
+            self.initialized = True
+        return lsq_fake_quantize(x, self.step, self.bits)
+
+
+data = sample.reshape(256, 16)
+for quantizer in (LazyLSQ(3), EagerLSQ(3)):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), quantizer)  # a layer whose output is quantized
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)  # built right away, as a training loop does
+    for i in range(50):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(net(data), data).backward()
+        start = quantizer.step.item() if i == 0 else start
+        optimizer.step()
+    print(f"{type(quantizer).__name__}: the optimizer holds {len(optimizer.param_groups[0]['params'])} tensors; "
+          f"step {start:.4f} -> {quantizer.step.item():.4f} after 50 steps")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "pitfall_nan_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **3. NaN ranges from an empty calibration.** Ranges are often initialised from a few calibration batches. If
+# no value reached the quantizer (zero batches, a layer skipped, a mask that selected nothing), the mean of
+# nothing is NaN, the step is NaN, and so is every output and the loss — with no error. Refuse empty input
+# where the range is computed, as your `lsq_init_step` does.
+
+# %% nbgrader={"grade": false, "grade_id": "pitfall_nan", "locked": true, "schema_version": 3, "solution": false, "task": false}
+seen = torch.empty(0)                                     # the activations collected: none
+naive_step = 2 * seen.abs().mean() / math.sqrt(7)
+naive_loss = (torch.round(torch.clamp(sample / naive_step, -8, 7)) * naive_step - sample).square().mean()
+print(f"naive step from no data: {float(naive_step)}, loss: {float(naive_loss)}")
+try:
+    lsq_init_step(seen, 4)
+except ValueError as error:
+    print(f"your lsq_init_step refuses it: {error}")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "part3_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ## Part 3 — BatchNorm in QAT
@@ -749,3 +862,313 @@ assert_not_modified(bn_fold_statistics, conv_out, running_mean, running_var, Tru
 from autograder.checks.lab3_qat import check_bn_fold_statistics
 check_bn_fold_statistics(bn_fold_statistics)
 ### END HIDDEN TESTS
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part3_check_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Experiment: your fold on the CNN's second convolution
+# A batch of 500 test images up to `conv2`'s input. Folding with the batch statistics must reproduce
+# `bn2(conv2(x))` in training mode, folding with the running statistics the eval-mode output — both to float
+# rounding. Then lowbit's `QATConvBn2d` (the QAT conv+BN of Jacob et al.) is assembled from your two functions
+# and a 4-bit LSQ weight quantizer: how far is its output from the float layer, before and after
+# `freeze_bn_stats`? The last line measures why freezing matters: the fold factor $\gamma/\sqrt{\sigma^2+\epsilon}$
+# of a single batch moves around the running one, and with it the grid of the folded weight.
+
+# %% nbgrader={"grade": false, "grade_id": "part3_check", "locked": true, "schema_version": 3, "solution": false, "task": false}
+images, _ = next(iter(test_loader))
+with torch.no_grad():
+    conv2_input = model.pool1(model.relu1(model.bn1(model.conv1(images))))
+conv, bn = copy.deepcopy(model.conv2), copy.deepcopy(model.bn2)
+
+
+def folded_output(training: bool) -> torch.Tensor:
+    mean, var = bn_fold_statistics(conv(conv2_input), bn.running_mean, bn.running_var, training)
+    weight, bias = fold_batchnorm(conv.weight, conv.bias, bn.weight, bn.bias, mean, var, bn.eps)
+    return nn.functional.conv2d(conv2_input, weight, bias, padding=1)
+
+
+with torch.no_grad():
+    for training in (True, False):
+        reference = copy.deepcopy(bn).train(training)(conv(conv2_input))
+        print(f"training={training}: max |your fold - bn2(conv2(x))| = "
+              f"{float((folded_output(training) - reference).abs().max()):.2e}")
+    bn.eval()
+    quantizer = lowbit.quant.qat.LSQQuantizer(4, channel_dim=0, init="minmax", example=fold_batchnorm(
+        conv.weight, None, bn.weight, bn.bias, bn.running_mean, bn.running_var)[0])
+    qat_layer = lowbit.quant.qat.QATConvBn2d.of(copy.deepcopy(conv), copy.deepcopy(bn), quantizer,
+                                                fold_fn=fold_batchnorm, stats_fn=bn_fold_statistics)
+    for frozen in (False, True):
+        qat_layer.train().freeze_bn_stats(frozen)
+        target = copy.deepcopy(bn).train(not frozen)(conv(conv2_input))
+        error = (qat_layer(conv2_input) - target).square().mean() / target.square().mean()
+        print(f"QATConvBn2d (W4, your fold), training, BN frozen={frozen}: relative MSE vs the float layer {float(error):.4f}")
+    factors = []
+    for batch, _ in itertools.islice(test_loader, 2 if lowbit.GRADING else 6):
+        x = model.pool1(model.relu1(model.bn1(model.conv1(batch))))
+        _, var = bn_fold_statistics(conv(x), bn.running_mean, bn.running_var, True)
+        factors.append(bn.weight / torch.sqrt(var + bn.eps))
+    running_factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    spread = (torch.stack(factors) / running_factor - 1).abs()
+    print(f"batch fold factors vs running: mean |relative difference| {100 * float(spread.mean()):.2f} %, "
+          f"largest {100 * float(spread.max()):.2f} % (a 4-bit grid step is {100 / 7:.0f} % of the largest weight)")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part4_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ## Part 4 — QAT of the course CNN
+#
+# lowbit's `prepare_qat` assembles a QAT model **from your functions**: every conv+BN pair becomes a
+# `QATConvBn2d` folded with your `fold_batchnorm` / `bn_fold_statistics`, whose folded weight is quantized per
+# output channel by your `lsq_fake_quantize` (step initialised min-max, so training starts from the PTQ
+# grid); every ReLU output is quantized unsigned by your `lsq_fake_quantize` too (step initialised from the first
+# batch with the LSQ rule). We train W8A8, W4A4, W3A3 and W2A2 from the pretrained CNN and compare each with
+# PTQ at the same widths (Lab 1's best recipe: MSE calibration, MSE weight clipping, BN folded) and with FP32.
+#
+# **The first and the last layer stay at 8 bits** (weights). `conv1` sees raw pixels through 9 weights per filter,
+# so one rounding step changes a whole feature map; `fc` writes the logits directly, every error lands in the
+# decision. Together they hold 9 % of the weights (288 + 5,760 of 61k), so 8 bits there costs little memory —
+# and every low-bit paper does it (DoReFa-Net, Zhou et al. 2016; PACT; LSQ).
+#
+# **Recipe (short, for this notebook):** 1 epoch over the 6,000 embedded training images (47 batches of 128, no
+# augmentation), Adam, lr $10^{-3}$ decaying to 0 along a cosine; BN statistics frozen after 50 % of the run and
+# the ranges (steps) after 75 % — torchvision's schedule (BN after epoch 3, observers after epoch 4 of 8) scaled
+# to one epoch. `benchmarks/RESULTS.md` ("Lab 3 accuracy") lists the same experiment with the full recipe.
+
+# %% nbgrader={"grade": false, "grade_id": "part4_setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
+from lowbit.quant import qat as qat_lib
+from lowbit.quant.modules import Policy, quantizable_layers
+from lowbit.results import Row
+
+BIT_WIDTHS = (4, 2) if lowbit.GRADING else (8, 4, 3, 2)  # grading: fewer runs, same code
+KEEP_8BIT = ("conv1", "fc")
+QAT_EPOCHS = 1.0                                         # fraction of an epoch per run (the short recipe)
+ACTIVATION_FNS = {"lsq": lsq_fake_quantize, "lsq+": lsq_plus_fake_quantize, "pact": pact_quantize}
+
+
+def width_policy(bits: int) -> Policy:
+    """Weights at `bits`, except conv1 and fc at 8."""
+    return Policy({"w_bits": bits, "a_bits": bits}, rules={name: {"w_bits": 8} for name in KEEP_8BIT})
+
+
+def qat_model(start: nn.Module, bits: int, activation: str = "lsq", weight_fn=None) -> nn.Module:
+    """A QAT copy of `start` at W`bits`A`bits`, built from your functions (`weight_fn`: your lsq_fake_quantize)."""
+    return qat_lib.prepare_qat(start, a_bits=bits, policy=width_policy(bits), fold_bn=True, activation=activation,
+                               weight_quantize_fn=weight_fn or lsq_fake_quantize,
+                               activation_quantize_fn=ACTIVATION_FNS[activation],
+                               fold_fn=fold_batchnorm, stats_fn=bn_fold_statistics)
+
+
+def train_qat(qat: nn.Module, epochs: float = QAT_EPOCHS, desc: str = "QAT") -> list[float]:
+    """The short recipe: Adam, cosine lr 1e-3 -> 0, BN frozen at 50 % and ranges at 75 % of the run; the losses."""
+    train_loader, _ = lowbit.data.loaders(batch_size=128, seed=0)   # the same batches for every run
+    steps = TRAIN_BATCHES or max(1, round(epochs * len(train_loader)))
+    optimizer = torch.optim.Adam(qat.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    freeze = qat_lib.freeze_schedule(steps, freeze_bn_after=0.5, freeze_ranges_after=0.75)
+    return lowbit.train.train(qat, train_loader, epochs=1, optimizer=optimizer, scheduler=scheduler, max_batches=steps,
+                              after_step=freeze, desc=desc)
+
+
+def size_bits(bits: int) -> int:
+    """Deployed size: weights at their width, one fp32 step and one fp32 (folded) bias per output channel."""
+    return sum(layer.weight.numel() * (8 if name in KEEP_8BIT else bits) + 2 * 32 * layer.weight.shape[0]
+               for name, layer in quantizable_layers(model).items())
+
+
+def accuracy_of(net: nn.Module) -> float:
+    return lowbit.train.evaluate(net, test_loader, max_batches=EVAL_BATCHES)
+
+
+fp32_bits = 32 * sum(p.numel() for p in model.parameters())
+ptq_accuracy, qat_accuracy, qat_losses = {}, {}, {}
+print(f"sizes vs FP32: " + ", ".join(f"{b} bits {fp32_bits / size_bits(b):.1f}x" for b in BIT_WIDTHS))
+
+# %% nbgrader={"grade": false, "grade_id": "part4_ptq", "locked": true, "schema_version": 3, "solution": false, "task": false}
+calib_images, _ = lowbit.data.calibration_batch(n=16 if lowbit.GRADING else 64, seed=0)
+folded_model = lowbit.models.fold_batchnorm(model)
+for bits in tqdm(BIT_WIDTHS, desc="PTQ"):
+    policy = Policy({"w_bits": bits, "options": {"clip": "mse"}}, rules={name: {"w_bits": 8} for name in KEEP_8BIT})
+    ptq_model = lowbit.quant.ptq.ptq(folded_model, calib_images, a_bits=bits, observer="mse", policy=policy,
+                                     progress=False)
+    ptq_accuracy[bits] = accuracy_of(ptq_model)
+print("PTQ (MSE calibration, MSE weight clip): " + ", ".join(f"W{b}A{b} {100 * a:.2f} %" for b, a in ptq_accuracy.items()))
+
+# %% nbgrader={"grade": false, "grade_id": "part4_qat_high", "locked": true, "schema_version": 3, "solution": false, "task": false}
+qat_models = {}
+for bits in [b for b in BIT_WIDTHS if b >= 4]:
+    lowbit.seed_everything(0)
+    qat_models[bits] = qat_model(model, bits)
+    qat_losses[f"W{bits}A{bits}"] = train_qat(qat_models[bits], desc=f"QAT W{bits}A{bits}")
+    qat_accuracy[bits] = accuracy_of(qat_models[bits])
+    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
+          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+
+# %% nbgrader={"grade": false, "grade_id": "part4_qat_low", "locked": true, "schema_version": 3, "solution": false, "task": false}
+for bits in [b for b in BIT_WIDTHS if b < 4]:
+    lowbit.seed_everything(0)
+    qat_models[bits] = qat_model(model, bits)
+    qat_losses[f"W{bits}A{bits}"] = train_qat(qat_models[bits], desc=f"QAT W{bits}A{bits}")
+    qat_accuracy[bits] = accuracy_of(qat_models[bits])
+    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
+          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+
+# %% nbgrader={"grade": false, "grade_id": "part4_curves", "locked": true, "schema_version": 3, "solution": false, "task": false}
+viz.qat.training_curves(qat_losses, title="QAT from the pretrained CNN (short recipe)")
+rows = [Row("FP32", fp32_accuracy, bits=32, size_bits=fp32_bits)]
+for bits in BIT_WIDTHS:
+    rows += [Row(f"W{bits}A{bits} PTQ", ptq_accuracy[bits], bits=bits, size_bits=size_bits(bits)),
+             Row(f"W{bits}A{bits} QAT", qat_accuracy[bits], bits=bits, size_bits=size_bits(bits))]
+print(lowbit.results.table(rows))
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "int2_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### 2 bits: from scratch, or step by step?
+# The seed study of this course quantized a small ViT on CIFAR-10 (FP32 79.6 %). INT4 PTQ of every matrix
+# product gave 73.1 %, INT4 QAT 79.9 % — above FP32. At INT2, PTQ fell to 11.4 % (chance is 10 %), and QAT
+# **from scratch** at INT2 stayed at chance: 10.0 % with a NaN loss for every epoch. A **gradual** path from the
+# pretrained model, lowering the bits a few layers at a time from 4 to 2, reached 74.5 % with all 38 products
+# at INT2. Below, the same two experiments on the course CNN: W2A2 QAT of a randomly initialised FashionCNN
+# with the short recipe, and 8 → 4 → 2 from the pretrained one, each stage a third of the recipe
+# (`retarget` changes a quantizer's bits and rescales its learned step so the clipping range is kept).
+
+# %% nbgrader={"grade": false, "grade_id": "int2_scratch", "locked": true, "schema_version": 3, "solution": false, "task": false}
+lowbit.seed_everything(0)
+scratch = qat_model(type(model)(), 2)                    # FashionCNN with random weights
+qat_losses_int2 = {"W2A2 from scratch": train_qat(scratch, desc="W2A2 from scratch")}
+scratch_accuracy = accuracy_of(scratch)
+last = qat_losses_int2["W2A2 from scratch"][-1]
+print(f"W2A2 QAT from scratch: accuracy {100 * scratch_accuracy:.2f} %, last loss {last:.3f} "
+      f"(ln 10 = {math.log(10):.3f} is the loss of a uniform guess)")
+
+# %% nbgrader={"grade": false, "grade_id": "int2_gradual", "locked": true, "schema_version": 3, "solution": false, "task": false}
+def lower_bits(qat: nn.Module, bits: int) -> None:
+    """Retarget every quantizer except the weights of conv1 and fc to `bits`; unfreeze BN statistics and ranges."""
+    keep = {id(getattr(qat, name).weight_quantizer) for name in KEEP_8BIT}
+    for quantizer in qat_lib.qat_quantizers(qat):
+        if id(quantizer) not in keep:
+            quantizer.retarget(bits)
+    qat_lib.freeze_bn_stats(qat, False)
+    qat_lib.freeze_ranges(qat, False)
+
+
+lowbit.seed_everything(0)
+gradual = qat_model(model, 8)
+gradual_losses, gradual_accuracy = [], {}
+for bits in (8, 4, 2):
+    if bits != 8:
+        lower_bits(gradual, bits)
+    gradual_losses += train_qat(gradual, QAT_EPOCHS / 3, desc=f"gradual, W{bits}A{bits}")
+    gradual_accuracy[bits] = accuracy_of(gradual)
+qat_losses_int2["W2A2 gradual 8 -> 4 -> 2"] = gradual_losses
+qat_losses_int2["W2A2 from the pretrained CNN"] = qat_losses["W2A2"]
+viz.qat.training_curves(qat_losses_int2, reference=math.log(10), title="W2A2: from scratch vs from the pretrained CNN")
+print("gradual: " + " -> ".join(f"W{b}A{b} {100 * a:.2f} %" for b, a in gradual_accuracy.items()) +
+      f"; direct W2A2 from the pretrained CNN {100 * qat_accuracy[2]:.2f} %, from scratch {100 * scratch_accuracy:.2f} %")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part5_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ## Part 5 — Wrap-up
+#
+# ### Four estimators side by side
+# The same short recipe (a third of an epoch here, so four estimators fit in the time) at W4A4 and W2A2,
+# changing only the quantizer functions:
+#
+# - **plain STE**: the range fixed at its initial value, gradient 1 everywhere (also where the value was clipped):
+#   $x + (\hat x - x)_{\text{detached}}$;
+# - **clipped STE**: the range fixed, your `fake_quantize_ste` (gradient 0 where clipped);
+# - **LSQ**: your `lsq_fake_quantize`, steps learned (as in Part 4);
+# - **PACT**: LSQ weights, activations through your `pact_quantize` with a learned $\alpha$ (initial $\alpha = 6$,
+#   no L2 penalty).
+
+# %% nbgrader={"grade": false, "grade_id": "part5_variants", "locked": true, "schema_version": 3, "solution": false, "task": false}
+def clipped_ste(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool = True) -> torch.Tensor:
+    return fake_quantize_ste(x, step.detach(), 0, bits, signed)
+
+
+def plain_ste(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool = True) -> torch.Tensor:
+    return x + (clipped_ste(x, step, bits, signed) - x).detach()
+
+
+VARIANTS = {"plain STE": (plain_ste, plain_ste, "lsq"), "clipped STE": (clipped_ste, clipped_ste, "lsq"),
+            "LSQ": (lsq_fake_quantize, lsq_fake_quantize, "lsq"), "PACT": (lsq_fake_quantize, pact_quantize, "pact")}
+VARIANT_BITS = (2,) if lowbit.GRADING else (4, 2)
+variant_accuracy = {}
+for bits in VARIANT_BITS:
+    for name, (weight_fn, activation_fn, activation) in tqdm(VARIANTS.items(), desc=f"W{bits}A{bits} estimators"):
+        lowbit.seed_everything(0)
+        net = qat_lib.prepare_qat(model, a_bits=bits, policy=width_policy(bits), fold_bn=True, activation=activation,
+                                  weight_quantize_fn=weight_fn, activation_quantize_fn=activation_fn,
+                                  fold_fn=fold_batchnorm, stats_fn=bn_fold_statistics)
+        train_qat(net, QAT_EPOCHS / 3, desc=name)
+        variant_accuracy[name, bits] = accuracy_of(net)
+print(f"{'estimator':>12s}" + "".join(f" {f'W{b}A{b}':>8s}" for b in VARIANT_BITS) + "   (1/3 of the recipe)")
+for name in VARIANTS:
+    print(f"{name:>12s}" + "".join(f" {100 * variant_accuracy[name, b]:7.2f}%" for b in VARIANT_BITS))
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part5_table_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Your results
+# All computed with your functions in this notebook; compare them with `benchmarks/RESULTS.md` ("Lab 3
+# accuracy": the same experiment with the full recipe; and the short-recipe figures of this notebook). Every run
+# is seeded: a gap of more than a few tenths of a point from the reference run usually means a bug.
+
+# %% nbgrader={"grade": false, "grade_id": "part5_table", "locked": true, "schema_version": 3, "solution": false, "task": false}
+rows = [Row("FP32", fp32_accuracy, bits=32, size_bits=fp32_bits)]
+for bits in BIT_WIDTHS:
+    rows += [Row(f"W{bits}A{bits} PTQ (MSE)", ptq_accuracy[bits], bits=bits, size_bits=size_bits(bits)),
+             Row(f"W{bits}A{bits} QAT (LSQ)", qat_accuracy[bits], bits=bits, size_bits=size_bits(bits))]
+rows += [Row("W2A2 QAT from scratch", scratch_accuracy, bits=2, size_bits=size_bits(2)),
+         Row("W2A2 QAT gradual 8 -> 4 -> 2", gradual_accuracy[2], bits=2, size_bits=size_bits(2))]
+rows += [Row(f"W{bits}A{bits} {name} (1/3 recipe)", variant_accuracy[name, bits], bits=bits, size_bits=size_bits(bits))
+         for bits in VARIANT_BITS for name in VARIANTS]
+print(lowbit.results.table(rows))
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "reflection_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Reflection (graded by hand)
+# Answer each in 2–4 sentences, citing numbers from your own results above.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "q1_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **Q1 (4 points).** From your table: at which widths does QAT pay off over PTQ, by how many points, and what
+# does it cost (training time, data, labels)? When would you stay with PTQ?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "q1_answer", "locked": false, "points": 4, "schema_version": 3, "solution": true, "task": false}
+# At 8 bits PTQ is already within a few tenths of FP32 and QAT gains nothing worth a training run. From 4 bits
+# down the gap opens: QAT gains a point or more at W4A4 and W3A3, and at W2A2 it is the difference between a
+# broken model and a usable one (PTQ loses tens of points, QAT a few). The price is a training run with labelled
+# data (one epoch over 6,000 images here, ~10–20× the cost of PTQ's calibration), the training code and its
+# hyper-parameters. Stay with PTQ at 8 bits, when no labelled training data is available, or when the model is
+# too large to fine-tune.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "q2_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **Q2 (5 points).** What does the straight-through estimator get wrong? Describe one situation in which the STE
+# gradient points the wrong way, and say how the clipped STE, LSQ and the latent weights each limit the damage.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "q2_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
+# The STE differentiates the identity instead of the staircase: it tells a weight how the loss changes if the
+# weight moved continuously, but the output changes only when the weight crosses a rounding boundary, and then by
+# a whole step. A weight just below a boundary whose gradient says "decrease" does nothing for many steps; one
+# that crosses changes the output by a full step, far more than the gradient predicted (the estimate is biased,
+# and at 2 bits the step is large). Beyond the grid, the plain STE keeps pushing a clipped value outward although
+# the output no longer changes; the clipped STE sets that gradient to 0. LSQ lets the step itself respond to the
+# rounding and clipping errors, and the latent float weights accumulate the small updates until a crossing
+# really helps, instead of losing them to rounding.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "q3_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **Q3 (5 points).** Why did W2A2 from scratch stay at chance while the pretrained paths trained? Use the loss
+# curve of Part 4 and what the quantizers see at initialisation.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "q3_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
+# From scratch the loss stays at ln 10 ≈ 2.30, the loss of a uniform guess: random weights quantized to 3 signed
+# levels per channel and activations to 4 levels leave almost no signal, the STE gradients through such a
+# coarse, random network are close to noise, and the ranges are initialised from statistics of a network that
+# computes nothing useful. From the pretrained model the quantized network already classifies (PTQ's accuracy),
+# the ranges start where the useful values are, and the STE only has to correct small errors; the gradual path
+# moves in steps where each stage starts close to its optimum. (The seed study's NaN loss is the step pitfall of
+# Part 2: a range that reaches 0 divides by zero.)
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "further_reading", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Further reading
+# - Y. Bengio, N. Léonard, A. Courville, 2013. *Estimating or Propagating Gradients Through Stochastic Neurons for Conditional Computation.* arXiv:1308.3432.
+# - M. Courbariaux, Y. Bengio, J.-P. David, 2015. *BinaryConnect: Training Deep Neural Networks with binary weights during propagations.* NeurIPS.
+# - B. Jacob et al., 2018. *Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference.* CVPR.
+# - J. Choi et al., 2018. *PACT: Parameterized Clipping Activation for Quantized Neural Networks.* arXiv:1805.06085.
+# - S. K. Esser, J. L. McKinstry, D. Bablani, R. Appuswamy, D. S. Modha, 2020. *Learned Step Size Quantization.* ICLR.
+# - Y. Bhalgat, J. Lee, M. Nagel, T. Blankevoort, N. Kwak, 2020. *LSQ+: Improving low-bit quantization through learnable offsets and better initialization.* CVPR Workshops.
+# - S. Zhou et al., 2016. *DoReFa-Net: Training Low Bitwidth Convolutional Neural Networks with Low Bitwidth Gradients.* arXiv:1606.06160.
+# - P. Yin et al., 2019. *Understanding Straight-Through Estimator in Training Activation Quantized Neural Nets.* ICLR.
+# - M. Nagel et al., 2022. *Overcoming Oscillations in Quantization-Aware Training.* ICML.
+#
+# Next: **Lab 4**, where the rounding decision itself is learned (AdaRound).

@@ -20,10 +20,12 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from lowbit import _vjp
 
 from . import secret as course_secret
 from . import student_build
@@ -32,7 +34,7 @@ from .checks import _api, add_checks_path, find_check_module
 from .contract import Contract, load_contract
 from .feedback import not_attempted
 from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
-from .sandbox import BREACHES, Breach, Limits, Sandbox, TimeBudget, course_package_dirs
+from .sandbox import BREACHES, WORKER_FILES, Breach, Limits, Sandbox, TimeBudget, course_package_dirs
 
 GRADER_VERSION = "2"
 STATUS_ORDER = ("invalid-notebook", "timeout", "memory", "crashed", "flagged", "tampered", "slow", "ok")
@@ -133,7 +135,7 @@ class Lab:
 
 def _grader_source_bytes() -> bytes:
     here = Path(__file__).resolve().parent
-    files = sorted(p for p in here.glob("*.py")) + sorted((here / "checks").glob("_*.py"))
+    files = sorted({*here.glob("*.py"), *WORKER_FILES}) + sorted((here / "checks").glob("_*.py"))
     return GRADER_VERSION.encode() + b"".join(p.read_bytes() for p in files)
 
 
@@ -178,25 +180,81 @@ class Proxy:
         return f"<student function {self._name}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        payload = self._payload(args, kwargs)
+        reply = self._request("call", payload)
+        value = self._value(reply)
+        self._check_echo(payload, reply)
+        return value
+
+    def call_with_gradients(self, *args: Any, wrt: Sequence[int | str], upstream: Any = None,
+                            **kwargs: Any) -> tuple[Any, list[torch.Tensor]]:
+        """``(value, gradients)`` of the student's function, both computed in the sandbox (one "grad" request):
+        the contract of :func:`lowbit.testing.gradients_of`. The request is checked here first (``wrt`` names float
+        tensor arguments, ``upstream`` is None / float tensors: TypeError or ValueError otherwise), and so is the
+        reply: the value and the gradients decode through :func:`wire.decode`, there is one genuine tensor of the
+        input's exact shape and dtype per ``wrt`` entry, and no input was modified in place; anything else is an
+        AssertionError that fails the check. Only plain data crosses, never a graph."""
+        positions = _vjp.check_wrt(args, kwargs, wrt)
+        _vjp.check_upstream(upstream)
+        payload = self._payload(args, kwargs)
         try:
-            payload = {"args": wire.encode(list(args)), "kwargs": wire.encode(dict(kwargs))}
+            payload["upstream"] = wire.encode(upstream)
+        except wire.WireError as exc:
+            raise TypeError(f"test passes an upstream gradient that cannot be sent to the sandbox: {exc}") from None
+        reply = self._request("grad", {**payload, "wrt": list(positions)})
+        value = self._value(reply)
+        self._check_echo(payload, reply)
+        inputs = [args[p] if isinstance(p, int) else kwargs[p] for p in positions]
+        return value, self._gradients(reply.get("gradients"), positions, inputs)
+
+    def _payload(self, args: tuple, kwargs: dict) -> dict:
+        try:
+            return {"args": wire.encode(list(args)), "kwargs": wire.encode(dict(kwargs))}
         except wire.WireError as exc:
             raise TypeError(f"test passes an argument that cannot be sent to the sandbox: {exc}") from None
-        reply = self._sandbox.request("call", name=self._name, **payload)
+
+    def _request(self, op: str, payload: dict) -> dict:
+        """The worker's reply to one request; a failure inside the student's code is raised as a StudentError."""
+        reply = self._sandbox.request(op, name=self._name, **payload)
         if not reply.get("ok"):
             error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
             if error.get("memory"):
                 self._events.append("memory")
             raise student_exception(error)
+        return reply
+
+    def _value(self, reply: dict) -> Any:
         try:
-            value = wire.decode(reply.get("value"))
+            return wire.decode(reply.get("value"))
         except wire.WireError as exc:
             raise AssertionError(f"{self._name} returned a value the grader cannot accept: {exc}") from None
+
+    def _check_echo(self, payload: dict, reply: dict) -> None:
         mutated = modified_arguments(payload, reply.get("echo"))
         if mutated:
             which = ", ".join(f"argument {m}" if isinstance(m, int) else f"argument {m!r}" for m in mutated[:5])
             raise AssertionError(f"{self._name} modified its input {which} in place; work on a copy instead")
-        return value
+
+    def _gradients(self, data: Any, positions: list[int | str], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The reply's gradients, each checked against the input it belongs to (the worker is not trusted)."""
+        what = f"{self._name}'s gradients (computed in the sandbox)"
+        if type(data) is not list or len(data) != len(positions):
+            count = len(data) if type(data) is list else f"no list ({type(data).__name__})"
+            raise AssertionError(f"{what}: expected {len(positions)} gradient(s), one per input, got {count}")
+        gradients = []
+        for position, item, given in zip(positions, data, inputs):
+            name = f"argument {position}" if isinstance(position, int) else f"argument {position!r}"
+            try:
+                grad = wire.decode(item)
+            except wire.WireError as exc:
+                raise AssertionError(f"{what}: the gradient for {name} cannot be accepted: {exc}") from None
+            if type(grad) is not torch.Tensor or grad.dtype != given.dtype or grad.shape != given.shape:
+                got = f"a {grad.dtype} tensor of shape {tuple(grad.shape)}" if isinstance(grad, torch.Tensor) \
+                    else f"a {type(grad).__name__}"
+                raise AssertionError(f"{what}: the gradient for {name} must be a {given.dtype} tensor of shape "
+                                     f"{tuple(given.shape)} (the input's), got {got}")
+            gradients.append(grad)
+        return gradients
 
 
 def modified_arguments(sent: dict, echo: Any) -> list[int | str]:

@@ -34,7 +34,8 @@ from . import seccomp, wire
 from .cgroups import MemoryCgroup, memory_cgroups
 
 HERE = Path(__file__).resolve().parent
-WORKER_FILES = (HERE / "sandbox_worker.py", HERE / "wire.py")
+#: Bound read-only into the sandbox side by side (by file name); the worker imports the other two.
+WORKER_FILES = (HERE / "sandbox_worker.py", HERE / "wire.py", HERE.parent / "lowbit" / "_vjp.py")
 SANDBOX_GRADER_DIR = "/opt/grader"
 SANDBOX_PYTHON = "/opt/python"
 SANDBOX_SITE = "/opt/site-packages"
@@ -298,7 +299,11 @@ class Sandbox:
         else:
             self._scratch = tempfile.TemporaryDirectory(prefix="lowbit-unsafe-")
             cwd = self._scratch.name
-            cmd = [sys.executable, "-I", str(HERE / "sandbox_worker.py")]
+            grader = Path(cwd) / "grader"  # the worker's files side by side, as bwrap binds them
+            grader.mkdir()
+            for file in WORKER_FILES:
+                shutil.copyfile(file, grader / file.name)
+            cmd = [sys.executable, "-I", str(grader / "sandbox_worker.py")]
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": cwd, "NBGRADER_EXECUTION": "autograde",
                    "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
         # Unsafe mode runs as the caller's uid: RLIMIT_NPROC would count all of their processes.

@@ -1,7 +1,7 @@
 """Sandbox worker: runs a student's setup + solution cells, then answers calls from the trusted grader.
 
 Runs INSIDE the sandbox (bubblewrap) as a standalone script; only the standard library, numpy, torch, the
-course package and ``wire`` (bound next to this file) are importable. Nothing this process says is trusted:
+course package, ``wire`` and ``_vjp`` (both bound next to this file) are importable. Nothing this process says is trusted:
 the grader decodes every reply with ``wire.decode`` and decides all points itself.
 
 Protocol (JSON lines): the grader writes requests to our stdin and reads replies from the stdout we had at
@@ -12,6 +12,10 @@ start (fd 1 is re-pointed to /dev/null before student code runs, so ``print`` ca
   call  {"id", "op": "call", "name", "args", "kwargs"} -> {"id", "ok", "value"|"error", "echo"}
         "echo": {"args", "kwargs"}: every argument encoded again after the call; the grader compares it with
         what it sent (in-place edits are judged on the trusted side; an argument that no longer encodes is null)
+  grad  {"id", "op": "grad", "name", "args", "kwargs", "wrt", "upstream"} -> {"id", "ok", "value"|"error",
+        "gradients", "echo"}: the call made with fresh leaf copies (requires_grad) of the inputs named in "wrt"
+        (positions / keyword names), and d<upstream, result>/d input for each, computed here by ``_vjp`` (the
+        implementation behind ``lowbit.testing.gradients_of``); the echo holds the copies the function saw
   get   {"id", "op": "get", "name"} -> {"id", "ok", "value"|"error"}
   exit  {"op": "exit"}
 Every reply carries "tripwire": protected references called since the previous reply.
@@ -29,6 +33,9 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wire  # noqa: E402
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_vjp = None  # the gradient module, imported once torch is on sys.path, before any student code runs (see main)
 
 TRIPWIRE_HITS: list[str] = []
 _MAGIC_LINE = re.compile(r"^(\s*)[%!]")
@@ -91,7 +98,8 @@ def install_tripwires(protected: list[str]) -> None:
 
 def describe_error(exc: BaseException) -> dict:
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:  # hide the worker's own frames
+    while tb is not None and os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == _HERE:
+        # hide the frames of the worker and of _vjp (its files sit side by side)
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     message = str(exc)
@@ -142,14 +150,21 @@ def serve(request: dict, namespace: dict) -> dict:
             return {"ok": True, "value": wire.encode(namespace[name])}
         args = wire.decode(request.get("args", []))
         kwargs = wire.decode(request.get("kwargs", {}))
-        value = namespace[name](*args, **kwargs)
+        extra = {}
+        if op == "grad":
+            value, gradients, (args, kwargs) = _vjp.differentiate(namespace[name], args, kwargs,
+                                                                  wire.decode(request.get("wrt")),
+                                                                  wire.decode(request.get("upstream")))
+            extra["gradients"] = [wire.encode(g) for g in gradients]
+        else:
+            value = namespace[name](*args, **kwargs)
         echoed = {"args": [echo(a) for a in args], "kwargs": {k: echo(v) for k, v in kwargs.items()}}
         try:
             encoded = wire.encode(value)
         except wire.WireError as exc:
             return {"ok": False, "error": {"type": "TypeError", "builtin": True, "traceback": "", "memory": False,
                                            "message": f"{name} returned a value the grader cannot accept: {exc}"}}
-        return {"ok": True, "value": encoded, "echo": echoed}
+        return {"ok": True, "value": encoded, "echo": echoed, **extra}
     except BaseException as exc:  # noqa: BLE001
         return {"ok": False, "error": describe_error(exc)}
 
@@ -170,6 +185,8 @@ def main() -> None:
 
     init = wire.loads(proto_in.readline())
     sys.path[:0] = init.get("sys_path", [])
+    global _vjp
+    _vjp = importlib.import_module("_vjp")  # looks up torch's autograd entry points now, before the cells run
     install_tripwires(init.get("protected", []))
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     sys.stdout = BoundedText()

@@ -326,9 +326,32 @@ def call_with_gradients(fn: Callable, *args: Any, wrt: Sequence[int | str], upst
     edit of the inputs), and a failure inside the student's code arrives as a ``StudentError``, as for a call.
     Compare the returned value with the reference too: a function may behave differently when its inputs require
     grad. Draw ``upstream`` from ``suite.draw`` (e.g. ``suite.draw.normal(*shape)``) so a fixed table of
-    gradients cannot match it. For any other callable (a reference) it is :func:`lowbit.testing.gradients_of`.
+    gradients cannot match it. For any other callable (a reference) the gradients are computed here.
+
+    The one implementation is :func:`lowbit.testing.gradients_of`, which hands a proxy (any callable whose class
+    defines ``call_with_gradients``: :class:`autograder.runner.Proxy`) to that method; this name says at the call
+    site of a check that the student's side of it crosses the sandbox.
     """
-    from autograder.runner import Proxy  # the runner imports this module
-    if isinstance(fn, Proxy):
-        return fn.call_with_gradients(*args, wrt=wrt, upstream=upstream, **kwargs)
     return gradients_of(fn, *args, wrt=wrt, upstream=upstream, **kwargs)
+
+
+def expect_gradients(fn: Callable, reference: Callable, *args: Any, wrt: Sequence[int | str], upstream: Any,
+                     what: str = "result", inputs: dict | None = None, names: Sequence[str] = (), rtol: float = 0.0,
+                     atol: float = 0.0, **kwargs: Any) -> list[torch.Tensor]:
+    """Assert the student's ``fn`` has the reference's value *and* gradients at ``(*args, **kwargs)``.
+
+    Both come from one :func:`call_with_gradients` each (for the student: computed in the sandbox). The value of the
+    gradient request is compared too (a function may behave differently when its inputs require grad), then each
+    gradient, named "∂⟨upstream, result⟩/∂<name>" after ``names`` (the student's parameter names, e.g.
+    ``suite.parameters``) or the keyword. Tolerances as :func:`expect_close`. Returns the student's gradients.
+    """
+    want_value, want_grads = gradients_of(reference, *args, wrt=wrt, upstream=upstream, **kwargs)
+    got_value, got_grads = call_with_gradients(fn, *args, wrt=wrt, upstream=upstream, **kwargs)
+    shown = {**(inputs or {}), **({"upstream": upstream} if upstream is not None else {})}
+    expect_close(got_value, want_value, f"{what} (called with inputs that require grad)", rtol=rtol, atol=atol,
+                 inputs=inputs)
+    for position, got, want in zip(wrt, got_grads, want_grads, strict=True):
+        name = position if isinstance(position, str) else \
+            names[position] if position < len(names) else f"argument {position}"
+        expect_close(got, want, f"{what}: gradient ∂⟨upstream, result⟩/∂{name}", rtol=rtol, atol=atol, inputs=shown)
+    return got_grads

@@ -980,7 +980,7 @@ ptq_accuracy, qat_accuracy, qat_losses = {}, {}, {}
 print(f"sizes vs FP32: " + ", ".join(f"{b} bits {fp32_bits / size_bits(b):.1f}x" for b in BIT_WIDTHS))
 
 # %% nbgrader={"grade": false, "grade_id": "part4_ptq", "locked": true, "schema_version": 3, "solution": false, "task": false}
-calib_images, _ = lowbit.data.calibration_batch(n=16 if lowbit.GRADING else 64, seed=0)
+calib_images, _ = lowbit.data.calibration_batch(n=16 if lowbit.GRADING else 32, seed=0)
 folded_model = lowbit.models.fold_batchnorm(model)
 for bits in tqdm(BIT_WIDTHS, desc="PTQ"):
     policy = Policy({"w_bits": bits, "options": {"clip": "mse"}}, rules={name: {"w_bits": 8} for name in KEEP_8BIT})
@@ -1023,37 +1023,38 @@ print(lowbit.results.table(rows))
 # **from scratch** at INT2 stayed at chance: 10.0 % with a NaN loss for every epoch. A **gradual** path from the
 # pretrained model, lowering the bits a few layers at a time from 4 to 2, reached 74.5 % with all 38 products
 # at INT2. Below, the same two experiments on the course CNN: W2A2 QAT of a randomly initialised FashionCNN
-# with the short recipe, and 8 → 4 → 2 from the pretrained one, each stage a third of the recipe
-# (`retarget` changes a quantizer's bits and rescales its learned step so the clipping range is kept).
+# (half the recipe), and 8 → 4 → 2 from the pretrained one, each stage a third of the recipe (every stage
+# builds fresh quantizers at its width on the latent weights and BatchNorms the previous stage trained).
 
 # %% nbgrader={"grade": false, "grade_id": "int2_scratch", "locked": true, "schema_version": 3, "solution": false, "task": false}
 lowbit.seed_everything(0)
 scratch = qat_model(type(model)(), 2)                    # FashionCNN with random weights
-qat_losses_int2 = {"W2A2 from scratch": train_qat(scratch, desc="W2A2 from scratch")}
+qat_losses_int2 = {"W2A2 from scratch": train_qat(scratch, QAT_EPOCHS / 2, desc="W2A2 from scratch")}
 scratch_accuracy = accuracy_of(scratch)
 last = qat_losses_int2["W2A2 from scratch"][-1]
 print(f"W2A2 QAT from scratch: accuracy {100 * scratch_accuracy:.2f} %, last loss {last:.3f} "
       f"(ln 10 = {math.log(10):.3f} is the loss of a uniform guess)")
 
 # %% nbgrader={"grade": false, "grade_id": "int2_gradual", "locked": true, "schema_version": 3, "solution": false, "task": false}
-def lower_bits(qat: nn.Module, bits: int) -> None:
-    """Retarget every quantizer except the weights of conv1 and fc to `bits`; unfreeze BN statistics and ranges."""
-    keep = {id(getattr(qat, name).weight_quantizer) for name in KEEP_8BIT}
-    for quantizer in qat_lib.qat_quantizers(qat):
-        if id(quantizer) not in keep:
-            quantizer.retarget(bits)
-    qat_lib.freeze_bn_stats(qat, False)
-    qat_lib.freeze_ranges(qat, False)
+def latent_model(qat: nn.Module) -> nn.Module:
+    """The float CNN holding a QAT model's latent weights and BatchNorms: the start of the next, lower stage."""
+    start = copy.deepcopy(model)
+    with torch.no_grad():
+        for index in (1, 2, 3):
+            layer = getattr(qat, f"conv{index}")                 # a QATConvBn2d: latent conv weight + its BN
+            getattr(start, f"conv{index}").weight.copy_(layer.weight)
+            getattr(start, f"bn{index}").load_state_dict(layer.bn.state_dict())
+        start.fc.load_state_dict({"weight": qat.fc.weight, "bias": qat.fc.bias})
+    return start
 
 
 lowbit.seed_everything(0)
-gradual = qat_model(model, 8)
-gradual_losses, gradual_accuracy = [], {}
+stage_start, gradual_losses, gradual_accuracy = model, [], {}
 for bits in (8, 4, 2):
-    if bits != 8:
-        lower_bits(gradual, bits)
+    gradual = qat_model(stage_start, bits)                     # fresh quantizers at this width
     gradual_losses += train_qat(gradual, QAT_EPOCHS / 3, desc=f"gradual, W{bits}A{bits}")
     gradual_accuracy[bits] = accuracy_of(gradual)
+    stage_start = latent_model(gradual)
 qat_losses_int2["W2A2 gradual 8 -> 4 -> 2"] = gradual_losses
 qat_losses_int2["W2A2 from the pretrained CNN"] = qat_losses["W2A2"]
 viz.qat.training_curves(qat_losses_int2, reference=math.log(10), title="W2A2: from scratch vs from the pretrained CNN")
@@ -1064,8 +1065,8 @@ print("gradual: " + " -> ".join(f"W{b}A{b} {100 * a:.2f} %" for b, a in gradual_
 # ## Part 5 — Wrap-up
 #
 # ### Four estimators side by side
-# The same short recipe (a third of an epoch here, so four estimators fit in the time) at W4A4 and W2A2,
-# changing only the quantizer functions:
+# The same short recipe, shortened to a quarter of an epoch so that eight runs fit in the time, at W4A4 and
+# W2A2, changing only the quantizer functions (accuracy on the first 1,000 test images):
 #
 # - **plain STE**: the range fixed at its initial value, gradient 1 everywhere (also where the value was clipped):
 #   $x + (\hat x - x)_{\text{detached}}$;
@@ -1093,9 +1094,9 @@ for bits in VARIANT_BITS:
         net = qat_lib.prepare_qat(model, a_bits=bits, policy=width_policy(bits), fold_bn=True, activation=activation,
                                   weight_quantize_fn=weight_fn, activation_quantize_fn=activation_fn,
                                   fold_fn=fold_batchnorm, stats_fn=bn_fold_statistics)
-        train_qat(net, QAT_EPOCHS / 3, desc=name)
-        variant_accuracy[name, bits] = accuracy_of(net)
-print(f"{'estimator':>12s}" + "".join(f" {f'W{b}A{b}':>8s}" for b in VARIANT_BITS) + "   (1/3 of the recipe)")
+        train_qat(net, QAT_EPOCHS / 4, desc=name)
+        variant_accuracy[name, bits] = lowbit.train.evaluate(net, test_loader, max_batches=EVAL_BATCHES or 2)
+print(f"{'estimator':>12s}" + "".join(f" {f'W{b}A{b}':>8s}" for b in VARIANT_BITS) + "   (1/4 of the recipe, 1,000 test images)")
 for name in VARIANTS:
     print(f"{name:>12s}" + "".join(f" {100 * variant_accuracy[name, b]:7.2f}%" for b in VARIANT_BITS))
 
@@ -1112,7 +1113,7 @@ for bits in BIT_WIDTHS:
              Row(f"W{bits}A{bits} QAT (LSQ)", qat_accuracy[bits], bits=bits, size_bits=size_bits(bits))]
 rows += [Row("W2A2 QAT from scratch", scratch_accuracy, bits=2, size_bits=size_bits(2)),
          Row("W2A2 QAT gradual 8 -> 4 -> 2", gradual_accuracy[2], bits=2, size_bits=size_bits(2))]
-rows += [Row(f"W{bits}A{bits} {name} (1/3 recipe)", variant_accuracy[name, bits], bits=bits, size_bits=size_bits(bits))
+rows += [Row(f"W{bits}A{bits} {name} (1/4 recipe, 1k images)", variant_accuracy[name, bits], bits=bits, size_bits=size_bits(bits))
          for bits in VARIANT_BITS for name in VARIANTS]
 print(lowbit.results.table(rows))
 
@@ -1148,16 +1149,17 @@ print(lowbit.results.table(rows))
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "q3_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # **Q3 (5 points).** Why did W2A2 from scratch stay at chance while the pretrained paths trained? Use the loss
-# curve of Part 4 and what the quantizers see at initialisation.
+# curves of Part 4 and what the quantizers see at initialisation. Did the gradual path beat the direct one here?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "q3_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
-# From scratch the loss stays at ln 10 ≈ 2.30, the loss of a uniform guess: random weights quantized to 3 signed
-# levels per channel and activations to 4 levels leave almost no signal, the STE gradients through such a
-# coarse, random network are close to noise, and the ranges are initialised from statistics of a network that
-# computes nothing useful. From the pretrained model the quantized network already classifies (PTQ's accuracy),
-# the ranges start where the useful values are, and the STE only has to correct small errors; the gradual path
-# moves in steps where each stage starts close to its optimum. (The seed study's NaN loss is the step pitfall of
-# Part 2: a range that reaches 0 divides by zero.)
+# From scratch the loss stays at ln 10 ≈ 2.30, the loss of a uniform guess: random weights quantized to 4 signed
+# levels per channel and activations to 4 levels leave almost no signal, the STE gradients through such a coarse,
+# random network are close to noise, and the ranges start from statistics of a network that computes nothing.
+# From the pretrained model the quantized network already classifies (PTQ's accuracy), the ranges start where the
+# useful values are, and the STE only corrects small errors. On this CNN the gradual 8 → 4 → 2 path trains too
+# (≈ 79 %), but the direct W2A2 run from the pretrained weights does better (≈ 88 %, and ≈ 82 % with the same
+# third of an epoch): what matters is starting from trained weights — the seed study never tried INT2 QAT
+# directly from its pretrained ViT. (Its NaN loss is the step pitfall of Part 2: a range that reaches 0.)
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "further_reading", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ### Further reading

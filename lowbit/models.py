@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 __all__ = ["FashionCNN", "TinyMLP", "ARCHITECTURES", "CHECKPOINT_DIR", "pretrained", "model_size_bits",
-           "layer_stats", "fold_batchnorm"]
+           "layer_stats", "fold_batchnorm", "conv_bn_pairs"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 NUM_CLASSES = 10
@@ -196,13 +196,22 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     model's up to float rounding. ``model`` itself is not modified.
     """
     folded = copy.deepcopy(model).eval()
-    for parent in folded.modules():
-        children = list(parent.named_children())
-        for (_, first), (second_name, second) in zip(children, children[1:]):
-            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
-                _fold_into_conv(first, second)
-                setattr(parent, second_name, nn.Identity())
+    for parent, conv_name, bn_name in conv_bn_pairs(folded):
+        _fold_into_conv(getattr(parent, conv_name), getattr(parent, bn_name))
+        setattr(parent, bn_name, nn.Identity())
     return folded
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(parent, conv child name, BN child name)`` for every ``Conv2d`` followed directly by a ``BatchNorm2d``
+    among the children of one parent (registration order), in module order: the pairs BN folding merges."""
+    pairs = []
+    for parent in model.modules():
+        children = list(parent.named_children())
+        for (first_name, first), (second_name, second) in zip(children, children[1:]):
+            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+                pairs.append((parent, first_name, second_name))
+    return pairs
 
 
 # ---------------------------------------------------------------- TinyViT (the capstone's transformer)

@@ -73,7 +73,8 @@ def train(model: nn.Module, loader: Iterable[Batch], epochs: int = 1, lr: float 
     codebooks back, anneal a temperature); then ``scheduler.step()`` (per batch) if given.
 
     Uses ``optimizer`` when given, else Adam over ``model.parameters()`` with learning rate ``lr`` — built
-    here, before the first batch, so every parameter must already exist (``qat.prepare_qat`` guarantees it).
+    here, before the first batch, so every parameter must already exist (``qat.prepare_qat`` guarantees it;
+    a trainable parameter that first appears during the first batch, outside the optimizer, raises RuntimeError).
     ``augment`` (optional) maps an input batch to an augmented one. ``max_batches`` caps the batches per
     epoch. ``mode``: ``"train"`` (default) or ``"eval"`` (BatchNorm statistics and dropout frozen while
     training). ``device``: where the model and batches go (default ``lowbit.device()``; ``"keep"``: leave
@@ -87,6 +88,7 @@ def train(model: nn.Module, loader: Iterable[Batch], epochs: int = 1, lr: float 
     if dev is not None:
         model.to(dev)
     model.train(mode == "train")
+    existing = {id(p) for p in model.parameters()}
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     extra, before, after = _as_list(extra_loss), _as_list(before_step), _as_list(after_step)
     losses: list[float] = []
@@ -108,6 +110,8 @@ def train(model: nn.Module, loader: Iterable[Batch], epochs: int = 1, lr: float 
             for hook in before:
                 hook(model)
             optimizer.step()
+            if not losses:
+                _check_no_late_parameters(model, optimizer, existing)
             for hook in after:
                 hook(model, len(losses), loss.item())
             if scheduler is not None:
@@ -115,6 +119,19 @@ def train(model: nn.Module, loader: Iterable[Batch], epochs: int = 1, lr: float 
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return losses
+
+
+def _check_no_late_parameters(model: nn.Module, optimizer: torch.optim.Optimizer, existing: set[int]) -> None:
+    """Raise if the first batch created trainable parameters the optimizer (built before it) does not hold:
+    they would silently never train."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    late = [name for name, p in model.named_parameters()
+            if p.requires_grad and id(p) not in existing and id(p) not in held]
+    if late:
+        raise RuntimeError(f"the first forward pass created parameters {late} after the optimizer was built, so "
+                           "it would never update them: create every parameter before training (in __init__ or "
+                           "a Quantizer's prepare(example), as lowbit.quant.qat.prepare_qat does), then build "
+                           "the optimizer")
 
 
 @torch.no_grad()

@@ -223,14 +223,17 @@ def _swap_class(module: nn.Module, new_class: type) -> nn.Module:
     return swapped
 
 
-def quantized(layer: nn.Module, weight_quantizer: nn.Module) -> nn.Module:
+def quantized(layer: nn.Module, weight_quantizer: nn.Module, wrapper: type | None = None) -> nn.Module:
     """``layer`` (Conv1d / Conv2d / Linear) as its ``Quant*`` wrapper sharing its parameters, quantizing its
-    weight with ``weight_quantizer`` in every forward pass."""
+    weight with ``weight_quantizer`` in every forward pass. ``wrapper``: a subclass of that wrapper to use
+    instead (e.g. ``qat.QATConvBn2d``)."""
     base = next((b for b in _WRAPPERS if isinstance(layer, b)), None)
     if base is None:
         raise TypeError(f"no quantized wrapper for {type(layer).__name__}; supported: "
                         f"{', '.join(b.__name__ for b in _WRAPPERS)}")
-    swapped = _swap_class(layer, _WRAPPERS[base])
+    if wrapper is not None and not issubclass(wrapper, _WRAPPERS[base]):
+        raise TypeError(f"wrapper {wrapper.__name__} is not a subclass of {_WRAPPERS[base].__name__}")
+    swapped = _swap_class(layer, wrapper or _WRAPPERS[base])
     swapped.weight_quantizer = weight_quantizer
     return swapped
 

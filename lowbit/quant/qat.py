@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from lowbit.models import conv_bn_pairs
 from lowbit.quant import fakequant
 from lowbit.quant.modules import (LayerConfig, Policy, QuantConv2d, QuantLinear, dequantized, insert_after,
                                   quantized, replace_children, swap_modules)
@@ -44,8 +45,9 @@ from lowbit.quant.validate import (check_bits, check_broadcast, check_choice, ch
 
 __all__ = ["ste_round", "fake_quantize_ste", "lsq_grad_scale", "lsq_fake_quantize", "lsq_init_step", "STEP_INITS",
            "lsq_plus_fake_quantize", "pact_quantize", "fold_batchnorm", "bn_fold_statistics",
-           "LSQQuantizer", "PACTQuantizer", "QATConv2d", "QATLinear", "prepare_qat", "freeze_qat",
-           "qat_quantizers", "alpha_penalty", "qat_policy"]
+           "LSQQuantizer", "LSQPlusQuantizer", "PACTQuantizer", "QATConv2d", "QATLinear", "QATConvBn2d",
+           "STEP_FLOOR", "prepare_qat", "freeze_qat", "qat_quantizers", "alpha_penalty", "qat_policy",
+           "freeze_bn_stats", "freeze_ranges", "freeze_schedule"]
 
 # ------------------------------------------------------------------------------------------ checks
 def _check_float(x: object, name: str = "x") -> Tensor:
@@ -336,87 +338,204 @@ def bn_fold_statistics(conv_out: Tensor, running_mean: Tensor, running_var: Tens
 
 
 # ------------------------------------------------------------------------------------------ modules
-class LSQQuantizer(Quantizer):
-    """A tensor quantizer with a learned step (LSQ). ``forward(x)`` → ``lsq_fake_quantize(x, step, …)``.
+#: The smallest value a learned step or clipping level takes in a quantizer's forward pass (see ``_floored``).
+STEP_FLOOR = 1e-8
+
+QuantizeFn = Callable[..., Tensor]
+
+
+def _floored(value: Tensor, floor: float = STEP_FLOOR) -> Tensor:
+    """``value`` with a floor at ``floor`` in the forward pass and an identity gradient (straight through).
+
+    An optimizer step can push a learned step (or PACT's α) to zero or below, and ``lsq_fake_quantize``
+    refuses a step ≤ 0 (it would divide by zero or flip the grid). The quantizers therefore use
+    ``max(step, floor)`` in their forward pass; the gradient still reaches the parameter unchanged, so the
+    step can grow back, and the parameter itself is left as the optimizer made it (no hook needed, whatever
+    loop trains the model). A NaN stays NaN and is refused with a clear error.
+    """
+    return value.detach().clamp_min(floor) + (value - value.detach())
+
+
+class _LearnedRange(Quantizer):
+    """Shared state handling of the learned-range quantizers: parameters (``_range_names``) created with their
+    final shape at construction (per tensor) or by ``prepare`` (per channel) and never replaced; values
+    initialised in place from an example or the first tensor ``forward`` sees."""
+
+    _range_names: tuple[str, ...] = ("step",)
+
+    def __init__(self, bits: int, signed: bool, channel_dim: int | None, example: Tensor | None,
+                 quantize_fn: QuantizeFn | None) -> None:
+        super().__init__(bits, signed)
+        self.channel_dim, self.quantize_fn = channel_dim, quantize_fn
+        for name in self._range_names:
+            setattr(self, name, nn.Parameter(torch.ones(())) if channel_dim is None else None)
+        self.register_buffer("initialized", torch.tensor(False))
+        if example is not None:
+            self.prepare(example)
+
+    def _reduce_dims(self, example: Tensor) -> list[int] | None:
+        return None if self.channel_dim is None else [d for d in range(example.ndim)
+                                                      if d != self.channel_dim % example.ndim]
+
+    def _initial_values(self, example: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def prepare(self, example: Tensor) -> "_LearnedRange":
+        """Create the parameters with their final shape (if not yet created) and initialise them from ``example``."""
+        with torch.no_grad():
+            for name, value in self._initial_values(example).items():
+                value = value.to(example.device, torch.float32)
+                current = getattr(self, name)
+                if current is None:
+                    setattr(self, name, nn.Parameter(value))
+                elif tuple(current.shape) != tuple(value.shape):
+                    raise ValueError(f"{type(self).__name__}'s {name} has shape {tuple(current.shape)} but this "
+                                     f"example needs {tuple(value.shape)}; build one quantizer per tensor shape")
+                else:
+                    current.copy_(value)
+            self.initialized.fill_(True)
+        return self
+
+    def _ready(self, x: Tensor) -> None:
+        if getattr(self, self._range_names[0]) is None:
+            raise RuntimeError(f"a per-channel {type(self).__name__} needs its parameter shapes before the first "
+                               "forward pass: pass example= (the tensor it quantizes) or call prepare(example) "
+                               "first, then build the optimizer")
+        if not bool(self.initialized):
+            self.prepare(x)                                   # in place: the Parameter objects stay the same
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # a saved per-channel step, not prepared
+        for name in self._range_names:
+            if prefix + name in state_dict and getattr(self, name) is None:
+                setattr(self, name, nn.Parameter(torch.empty_like(state_dict[prefix + name])))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def retarget(self, bits: int) -> "_LearnedRange":
+        """Change the bit width keeping the learned clipping range: every step (and zero point, in codes) is
+        rescaled by ``Q_P(old) / Q_P(new)``. For gradual QAT (8 → 4 → 2 bits)."""
+        _, old = _lsq_q_max(self.bits, self.signed)
+        _, new = _lsq_q_max(bits, self.signed)
+        with torch.no_grad():
+            if self.step is not None:
+                self.step.mul_(old / new)
+            zero_point = getattr(self, "zero_point", None)
+            if zero_point is not None:
+                zero_point.mul_(new / old)
+        self.bits = check_bits(bits)
+        return self
+
+    def _where(self) -> str:
+        return "per tensor" if self.channel_dim is None else f"per channel (dim {self.channel_dim})"
+
+
+class LSQQuantizer(_LearnedRange):
+    """A tensor quantizer with a learned step (LSQ). ``forward(x)`` → ``quantize_fn(x, step, bits, signed)``,
+    by default ``lsq_fake_quantize``; ``quantize_fn`` (same signature, e.g. a student's) lets the lab assemble
+    the module from its own function.
 
     ``channel_dim=None``: one step (shape ``[]``); ``channel_dim=d``: a step per index of dimension ``d``
     (per-channel weights: ``d = 0``), shaped to broadcast against the tensor. The ``step`` parameter is created
     with its final shape — at construction when ``example`` (the tensor it will quantize, e.g. the layer's
     weight) is given or the step is per tensor, else by ``prepare(example)`` — and is never replaced: its
     value is initialised (``lsq_init_step`` with ``init``) from ``example`` or, failing that, in place from the
-    first tensor ``forward`` sees. An optimizer built after construction (after ``prepare`` for a per-channel
-    step without example) therefore trains it. Used as the weight quantizer of a ``QATConv2d``/``QATLinear`` or
-    after a ReLU (``signed=False``).
+    first tensor ``forward`` sees (an empty or non-finite first tensor raises). An optimizer built after
+    construction (after ``prepare`` for a per-channel step without example) therefore trains it. The forward
+    pass uses ``max(step, STEP_FLOOR)`` with a straight-through gradient (``_floored``), so an optimizer step
+    that drives the step to ≤ 0 does not break training. Used as the weight quantizer of a ``QATConv2d`` /
+    ``QATLinear`` / ``QATConvBn2d`` or after a ReLU (``signed=False``).
     """
 
     def __init__(self, bits: int, signed: bool = True, channel_dim: int | None = None, init: str = "lsq",
-                 example: Tensor | None = None, rounding: fakequant.Rounding = "nearest") -> None:
+                 example: Tensor | None = None, rounding: fakequant.Rounding = "nearest",
+                 quantize_fn: QuantizeFn | None = None) -> None:
         _lsq_q_max(bits, signed)
         check_choice("init", init, STEP_INITS)
-        super().__init__(bits, signed)
-        self.channel_dim, self.init, self.rounding = channel_dim, init, rounding
-        self.step = nn.Parameter(torch.ones(())) if channel_dim is None else None
-        self.register_buffer("initialized", torch.tensor(False))
-        if example is not None:
-            self.prepare(example)
+        if quantize_fn is not None and rounding != "nearest":
+            raise ValueError("rounding= applies to the reference lsq_fake_quantize; a quantize_fn does its own")
+        self.init, self.rounding = init, rounding
+        super().__init__(bits, signed, channel_dim, example, quantize_fn)
 
-    def _step_shape(self, example: Tensor) -> tuple[int, ...]:
-        if self.channel_dim is None:
-            return ()
-        dim = self.channel_dim % example.ndim
-        return tuple(size if d == dim else 1 for d, size in enumerate(example.shape))
-
-    def prepare(self, example: Tensor) -> "LSQQuantizer":
-        """Create the step with its final shape (if not yet created) and initialise it from ``example``."""
-        with torch.no_grad():
-            step = lsq_init_step(example, self.bits, self.signed, self.channel_dim, self.init).to(example.device)
-            if self.step is None:
-                self.step = nn.Parameter(step)
-            elif tuple(self.step.shape) != tuple(step.shape):
-                raise ValueError(f"LSQQuantizer's step has shape {tuple(self.step.shape)} but this example needs "
-                                 f"{tuple(step.shape)}; build one quantizer per tensor shape")
-            else:
-                self.step.copy_(step)
-            self.initialized.fill_(True)
-        return self
+    def _initial_values(self, example: Tensor) -> dict[str, Tensor]:
+        return {"step": lsq_init_step(example, self.bits, self.signed, self.channel_dim, self.init)}
 
     def quantize(self, x: Tensor) -> Tensor:
-        if self.step is None:
-            raise RuntimeError("a per-channel LSQQuantizer needs its step shape before the first forward pass: "
-                               "pass example= (the tensor it quantizes) or call prepare(example) first, then build "
-                               "the optimizer")
-        if not bool(self.initialized):
-            self.prepare(x)                                   # in place: the Parameter object stays the same
-        return lsq_fake_quantize(x, self.step, self.bits, self.signed, rounding=self.rounding)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # a saved per-channel step, not prepared
-        key = prefix + "step"
-        if key in state_dict and self.step is None:
-            self.step = nn.Parameter(torch.empty_like(state_dict[key]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready(x)
+        step = _floored(self.step)
+        if self.quantize_fn is None:
+            return lsq_fake_quantize(x, step, self.bits, self.signed, rounding=self.rounding)
+        return self.quantize_fn(x, step, self.bits, self.signed)
 
     def extra_repr(self) -> str:
-        where = "per tensor" if self.channel_dim is None else f"per channel (dim {self.channel_dim})"
-        return (f"bits={self.bits}, signed={self.signed}, {where}, init={self.init}, "
+        return (f"bits={self.bits}, signed={self.signed}, {self._where()}, init={self.init}, "
                 f"initialized={bool(self.initialized)}")
 
 
+class LSQPlusQuantizer(_LearnedRange):
+    """A quantizer with a learned step **and** zero point (LSQ+, Bhalgat et al. 2020), unsigned
+    ``[0, 2^b − 1]``: ``forward(x)`` → ``quantize_fn(x, step, zero_point, bits)``, by default
+    ``lsq_plus_fake_quantize`` (the zero point is rounded straight-through inside it).
+
+    For activations that are not all ≥ 0 (before a ReLU, or Swish-like ones) where a zero point of 0 wastes
+    levels. Initialised from ``example`` or the first tensor seen by min-max: ``lowbit.quant.linear
+    .affine_qparams(min, max, bits, signed=False)`` (the range is widened to contain 0), per tensor or per
+    ``channel_dim``. Same lifecycle and step floor as ``LSQQuantizer``.
+    """
+
+    _range_names = ("step", "zero_point")
+
+    def __init__(self, bits: int, channel_dim: int | None = None, example: Tensor | None = None,
+                 quantize_fn: QuantizeFn | None = None) -> None:
+        _lsq_q_max(bits, signed=False)
+        super().__init__(bits, False, channel_dim, example, quantize_fn)
+
+    def _initial_values(self, example: Tensor) -> dict[str, Tensor]:
+        from lowbit.quant.linear import affine_qparams
+
+        x = _check_float(example, "example").detach().to(torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the tensor the LSQ+ range is initialised from contains NaN or inf")
+        dims = self._reduce_dims(x)
+        lo = x.amin() if dims is None else x.amin(dim=dims, keepdim=True)
+        hi = x.amax() if dims is None else x.amax(dim=dims, keepdim=True)
+        if bool((hi - lo <= 0).any()):
+            raise ValueError("the tensor the LSQ+ range is initialised from is constant (or all zero): no range "
+                             "to learn a step from")
+        step, zero_point = affine_qparams(lo, hi, self.bits, signed=False)
+        return {"step": step, "zero_point": zero_point.to(torch.float32)}
+
+    def quantize(self, x: Tensor) -> Tensor:
+        self._ready(x)
+        quantize = self.quantize_fn or lsq_plus_fake_quantize
+        return quantize(x, _floored(self.step), self.zero_point, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, {self._where()}, initialized={bool(self.initialized)}"
+
+
 class PACTQuantizer(Quantizer):
-    """ReLU + quantization with a learned clipping level ``alpha`` (PACT). ``forward(x)`` → ``pact_quantize``.
+    """ReLU + quantization with a learned clipping level ``alpha`` (PACT). ``forward(x)`` →
+    ``quantize_fn(x, alpha, bits)``, by default ``pact_quantize``.
 
     ``alpha`` (a 0-d parameter, created here) starts at ``init_alpha`` (the paper uses 10 and an L2 penalty on
     α — ``alpha_penalty`` — given to ``lowbit.train.train(extra_loss=...)``; a value near the activations' high
-    percentile trains faster). Replaces a ReLU: negative inputs become 0.
+    percentile trains faster). Replaces a ReLU: negative inputs become 0. The forward pass uses
+    ``max(alpha, STEP_FLOOR)`` (straight-through), as ``LSQQuantizer`` does for its step.
     """
 
-    def __init__(self, bits: int, init_alpha: float = 6.0) -> None:
+    def __init__(self, bits: int, init_alpha: float = 6.0, quantize_fn: QuantizeFn | None = None) -> None:
         if not init_alpha > 0:
             raise ValueError(f"init_alpha must be > 0, got {init_alpha!r}")
         super().__init__(bits, signed=False)
         self.alpha = nn.Parameter(torch.tensor(float(init_alpha)))
+        self.quantize_fn = quantize_fn
 
     def quantize(self, x: Tensor) -> Tensor:
-        return pact_quantize(x, self.alpha, self.bits)
+        return (self.quantize_fn or pact_quantize)(x, _floored(self.alpha), self.bits)
+
+    def retarget(self, bits: int) -> "PACTQuantizer":
+        """Change the bit width; α (the clipping level) stays."""
+        self.bits = check_bits(bits)
+        return self
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, alpha={float(self.alpha):.4g}"
@@ -430,12 +549,143 @@ def alpha_penalty(model: nn.Module, weight: float = 1e-4) -> Tensor:
     return weight * torch.stack([a.pow(2) for a in alphas]).sum()
 
 
-ACTIVATION_METHODS = ("lsq", "pact")
-
-
 #: The QAT layers are the package's one quantized-module wrapper (``lowbit.quant.modules``).
 QATConv2d = QuantConv2d
 QATLinear = QuantLinear
+
+
+class QATConvBn2d(QuantConv2d):
+    """A Conv2d with the BatchNorm after it folded in, for QAT (Jacob et al. 2018, section 3.2 and fig. C.8).
+
+    Training (and BN statistics not frozen): a float conv of the input gives the batch statistics
+    (``stats_fn(conv_out, running_mean, running_var, True)``), which also update the running statistics as
+    ``nn.BatchNorm2d`` does (momentum, unbiased variance); the weight and bias are folded with them
+    (``fold_fn(weight, bias, γ, β, mean, var, eps)``), the folded weight is fake-quantized by
+    ``weight_quantizer`` and the conv runs with it. Eval mode or after ``freeze_bn_stats()``: folded with the
+    running statistics (``stats_fn(..., False)``; its ``conv_out`` is then a ``[1, C]`` placeholder, since
+    running statistics need no conv), no statistics updated: exactly what the deployed integer conv computes.
+    ``fold_fn`` / ``stats_fn`` default to ``fold_batchnorm`` / ``bn_fold_statistics`` (the lab passes the
+    student's). Parameters: the conv's ``weight`` / ``bias`` and the BN's (``bn.weight`` = γ, ``bn.bias`` = β);
+    the BN module is a child (``bn``) and is not called. Build with ``QATConvBn2d.of(conv, bn, quantizer)``.
+    """
+
+    bn: nn.BatchNorm2d
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, weight_quantizer: nn.Module | None = None,
+           fold_fn: Callable[..., tuple[Tensor, Tensor]] | None = None,
+           stats_fn: Callable[..., tuple[Tensor, Tensor]] | None = None) -> "QATConvBn2d":
+        """``conv`` + ``bn`` (sharing their parameters and buffers) as one QAT module. ``weight_quantizer=None``:
+        a per-channel 8-bit ``LSQQuantizer`` initialised (min-max) from the weight folded with the running
+        statistics."""
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or not bn.affine:
+            raise ValueError("QATConvBn2d needs an affine nn.BatchNorm2d with running statistics")
+        if bn.num_features != conv.out_channels:
+            raise ValueError(f"BatchNorm2d has {bn.num_features} features but the conv has {conv.out_channels} "
+                             "output channels")
+        if weight_quantizer is None:
+            with torch.no_grad():
+                folded, _ = fold_batchnorm(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                                           bn.running_var, bn.eps)
+            weight_quantizer = LSQQuantizer(8, channel_dim=0, init="minmax", example=folded)
+        module = quantized(conv, weight_quantizer, wrapper=cls)
+        module.bn = bn
+        module.fold_fn, module.stats_fn = fold_fn or fold_batchnorm, stats_fn or bn_fold_statistics
+        module.register_buffer("bn_frozen", torch.tensor(False, device=conv.weight.device))
+        return module
+
+    def freeze_bn_stats(self, frozen: bool = True) -> "QATConvBn2d":
+        """Fold with the running statistics from now on, in training too, and stop updating them."""
+        self.bn_frozen.fill_(bool(frozen))
+        return self
+
+    def _statistics(self, x: Tensor | None) -> tuple[Tensor, Tensor]:
+        bn = self.bn
+        if x is None or not self.training or bool(self.bn_frozen):
+            return self.stats_fn(bn.running_mean.unsqueeze(0), bn.running_mean, bn.running_var, False)
+        conv_out = self._conv_forward(x, self.weight, self.bias)            # the float conv: batch statistics
+        mean, var = self.stats_fn(conv_out, bn.running_mean, bn.running_var, True)
+        self._update_running(mean.detach(), var.detach(), conv_out.numel() // conv_out.shape[1])
+        return mean, var
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, var: Tensor, count: int) -> None:
+        bn = self.bn
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+
+    def folded(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(folded weight, folded bias), float32: with ``x``'s batch statistics in training, else running ones."""
+        mean, var = self._statistics(x)
+        return self.fold_fn(self.weight, self.bias, self.bn.weight, self.bn.bias, mean, var, self.bn.eps)
+
+    def quantized_weight(self) -> Tensor:
+        """The fake-quantized weight folded with the running statistics (what is deployed)."""
+        return self.weight_quantizer(self.folded()[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.folded(x)
+        return self._conv_forward(x, self.weight_quantizer(weight), bias)
+
+    def to_conv(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the quantized folded weight and the folded bias (running statistics)."""
+        with torch.no_grad():
+            weight, bias = self.folded()
+            weight = self.weight_quantizer(weight)
+        conv = dequantized(self)
+        del conv._modules["bn"]
+        for name in ("fold_fn", "stats_fn"):
+            conv.__dict__.pop(name, None)
+        conv._buffers.pop("bn_frozen", None)
+        conv.weight, conv.bias = nn.Parameter(weight.detach().clone()), nn.Parameter(bias.detach().clone())
+        return conv
+
+
+def freeze_bn_stats(model: nn.Module, frozen: bool = True) -> int:
+    """Every ``QATConvBn2d`` of ``model`` folds with its running statistics from now on (``frozen=False``:
+    back to batch statistics); returns how many. The torchvision QAT recipe freezes BN after a few epochs."""
+    layers = [m for m in model.modules() if isinstance(m, QATConvBn2d)]
+    for layer in layers:
+        layer.freeze_bn_stats(frozen)
+    return len(layers)
+
+
+def freeze_ranges(model: nn.Module, frozen: bool = True) -> int:
+    """Stop (``frozen=False``: resume) learning every quantizer's range — LSQ steps, LSQ+ zero points, PACT α —
+    while the weights keep training: QAT's "observers off" step (``requires_grad`` off, so optimizers skip
+    them). Returns how many parameters changed."""
+    params = [p for q in qat_quantizers(model) for p in q.parameters(recurse=False)]
+    for p in params:
+        p.requires_grad_(not frozen)
+    return len(params)
+
+
+def freeze_schedule(steps_per_epoch: int, freeze_bn_after: float | None = None,
+                    freeze_ranges_after: float | None = None) -> Callable[[nn.Module, int, float], None]:
+    """An ``after_step`` hook for ``lowbit.train.train`` that calls ``freeze_bn_stats`` once ``freeze_bn_after``
+    epochs are done and ``freeze_ranges`` after ``freeze_ranges_after`` epochs (None: never; fractions allowed:
+    the step is ``ceil(epochs · steps_per_epoch)``). torchvision's QAT recipe: observers off after epoch 4 and
+    BN frozen after epoch 3 of its schedule."""
+    steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", low=1)
+    events = []
+    for after, action in ((freeze_bn_after, freeze_bn_stats), (freeze_ranges_after, freeze_ranges)):
+        if after is not None:
+            if not after >= 0:
+                raise ValueError(f"freeze epochs must be >= 0 or None, got {after!r}")
+            events.append((max(1, math.ceil(after * steps_per_epoch)), action))
+
+    def hook(model: nn.Module, step_index: int, _loss: float) -> None:
+        for at, action in events:
+            if step_index + 1 == at:
+                action(model)
+
+    return hook
+
+
+ACTIVATION_METHODS = ("lsq", "pact", "lsq+")
 
 
 def qat_policy(w_bits: int | None = 4, a_bits: int | None = 8, activation: str = "lsq",
@@ -450,7 +700,10 @@ def qat_policy(w_bits: int | None = 4, a_bits: int | None = 8, activation: str =
 
 def prepare_qat(model: nn.Module, w_bits: int | None = 4, a_bits: int | None = 8, activation: str = "lsq",
                 keep_float: Iterable[str] = (), pact_alpha: float = 6.0, weight_init: str = "minmax",
-                activation_init: str = "lsq", policy: Policy | None = None) -> nn.Module:
+                activation_init: str = "lsq", policy: Policy | None = None, fold_bn: bool = False,
+                weight_quantize_fn: QuantizeFn | None = None, activation_quantize_fn: QuantizeFn | None = None,
+                fold_fn: Callable[..., tuple[Tensor, Tensor]] | None = None,
+                stats_fn: Callable[..., tuple[Tensor, Tensor]] | None = None) -> nn.Module:
     """A QAT copy of ``model``: quantized weights (per-channel LSQ) and activations after every ReLU.
 
     ``w_bits``: bits of every quantizable weight (``lowbit.quant.modules.quantizable_layers``) except the
@@ -458,51 +711,83 @@ def prepare_qat(model: nn.Module, w_bits: int | None = 4, a_bits: int | None = 8
     ``QATLinear`` with a per-output-channel ``LSQQuantizer`` whose step starts at ``weight_init`` (default
     ``"minmax"``: the float model's accuracy is kept at 8 bits before training). ``policy`` (a
     ``lowbit.quant.modules.Policy``) sets the weight bits per layer instead (``w_bits=None`` in a rule keeps a
-    layer float). ``a_bits``: bits of every ReLU output (None: activations stay float), quantized by an
-    unsigned per-tensor ``LSQQuantizer`` after the ReLU (``activation="lsq"``, step from ``activation_init``,
-    the paper's by default) or by a ``PACTQuantizer`` that replaces the ReLU (``"pact"``). Every quantizer
-    parameter exists with its final shape when this returns (weight steps already initialised from the
-    weights; activation steps take their value, in place, from the first batch), so an optimizer built right
-    away — ``lowbit.train.train(qat, loader)`` — trains them. ``model`` is not modified.
+    layer float). ``fold_bn``: a quantized Conv2d followed by a BatchNorm2d becomes one ``QATConvBn2d`` (BN
+    folded before the weight is quantized, batch statistics while training; the BN becomes ``nn.Identity``),
+    built with ``fold_fn`` / ``stats_fn``. ``a_bits``: bits of every ReLU output (None: activations stay
+    float), quantized by an unsigned per-tensor ``LSQQuantizer`` after the ReLU (``activation="lsq"``, step
+    from ``activation_init``, the paper's by default), an ``LSQPlusQuantizer`` after it (``"lsq+"``) or a
+    ``PACTQuantizer`` that replaces the ReLU (``"pact"``). ``weight_quantize_fn`` / ``activation_quantize_fn``:
+    the quantize functions those quantizers call (default the references ``lsq_fake_quantize`` /
+    ``lsq_plus_fake_quantize`` / ``pact_quantize``; same signatures) — how a lab runs QAT on the student's
+    functions. Every quantizer parameter exists with its final shape when this returns (weight steps already
+    initialised from the weights; activation ranges take their value, in place, from the first batch), so an
+    optimizer built right away — ``lowbit.train.train(qat, loader)`` — trains them. ``model`` is not modified.
     """
     check_choice("activation", activation, ACTIVATION_METHODS)
     for name, init in (("weight_init", weight_init), ("activation_init", activation_init)):
         check_choice(name, init, STEP_INITS)
+    chosen = qat_policy(w_bits, a_bits, activation, keep_float, policy)
+    qat = _checked_copy(model, chosen)
+    followed_by_bn = {id(getattr(parent, conv)): (parent, bn) for parent, conv, bn in conv_bn_pairs(qat)} \
+        if fold_bn else {}
+    folded_bns: list[tuple[nn.Module, str]] = []
 
     def weight_quantized(_: str, layer: nn.Module, config: LayerConfig) -> nn.Module | None:
         if config.w_bits is None:
             return None
-        return quantized(layer, LSQQuantizer(config.w_bits, signed=True, channel_dim=0, init=weight_init,
-                                             example=layer.weight))
+        pair = followed_by_bn.get(id(layer))
+        if pair is None:
+            return quantized(layer, LSQQuantizer(config.w_bits, signed=True, channel_dim=0, init=weight_init,
+                                                 example=layer.weight, quantize_fn=weight_quantize_fn))
+        parent, bn_name = pair
+        bn = getattr(parent, bn_name)
+        with torch.no_grad():
+            folded, _ = fold_batchnorm(layer.weight, layer.bias, bn.weight, bn.bias, bn.running_mean,
+                                       bn.running_var, bn.eps)
+        quantizer = LSQQuantizer(config.w_bits, signed=True, channel_dim=0, init=weight_init, example=folded,
+                                 quantize_fn=weight_quantize_fn)
+        folded_bns.append(pair)
+        return QATConvBn2d.of(layer, bn, quantizer, fold_fn, stats_fn)
 
-    chosen = qat_policy(w_bits, a_bits, activation, keep_float, policy)
-    qat = swap_modules(model, chosen, weight_quantized) if w_bits is not None or policy is not None \
-        else _checked_copy(model, chosen)
+    if w_bits is not None or policy is not None:
+        swap_modules(qat, chosen, weight_quantized, inplace=True)
+        for parent, bn_name in folded_bns:
+            setattr(parent, bn_name, nn.Identity())
     if a_bits is not None:
         if activation == "pact":
-            replace_children(qat, lambda _, child: PACTQuantizer(a_bits, pact_alpha)
+            replace_children(qat, lambda _, child: PACTQuantizer(a_bits, pact_alpha, activation_quantize_fn)
                              if isinstance(child, nn.ReLU) else None)
+        elif activation == "lsq+":
+            insert_after(qat, nn.ReLU, lambda: LSQPlusQuantizer(a_bits, quantize_fn=activation_quantize_fn))
         else:
-            insert_after(qat, nn.ReLU, lambda: LSQQuantizer(a_bits, signed=False, init=activation_init))
+            insert_after(qat, nn.ReLU, lambda: LSQQuantizer(a_bits, signed=False, init=activation_init,
+                                                            quantize_fn=activation_quantize_fn))
     return qat
 
 
 def _checked_copy(model: nn.Module, policy: Policy) -> nn.Module:
-    """A copy of ``model`` after checking the policy's names against it (weights stay float)."""
+    """A copy of ``model`` after checking the policy's names against it."""
     policy.resolve(model)
     return copy.deepcopy(model)
 
 
 def qat_quantizers(model: nn.Module) -> list[nn.Module]:
-    """Every ``LSQQuantizer`` / ``PACTQuantizer`` in ``model``, in module order."""
-    return [m for m in model.modules() if isinstance(m, (LSQQuantizer, PACTQuantizer))]
+    """Every ``LSQQuantizer`` / ``LSQPlusQuantizer`` / ``PACTQuantizer`` in ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, (_LearnedRange, PACTQuantizer))]
 
 
 def freeze_qat(model: nn.Module) -> nn.Module:
-    """A copy of a QAT model with plain ``nn.Conv2d`` / ``nn.Linear`` layers holding the quantized weights.
+    """A copy of a QAT model with plain ``nn.Conv2d`` / ``nn.Linear`` layers holding the quantized weights
+    (a ``QATConvBn2d`` becomes one conv with the folded, quantized weight and the folded bias).
 
     Activation quantizers stay (they are part of the quantized model's forward pass). ``model`` is not modified.
     """
     frozen = copy.deepcopy(model)
-    replace_children(frozen, lambda _, child: dequantized(child) if hasattr(child, "quantized_weight") else None)
+
+    def plain(_: str, child: nn.Module) -> nn.Module | None:
+        if isinstance(child, QATConvBn2d):
+            return child.to_conv()
+        return dequantized(child) if hasattr(child, "quantized_weight") else None
+
+    replace_children(frozen, plain)
     return frozen

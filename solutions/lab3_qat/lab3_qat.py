@@ -975,6 +975,16 @@ def accuracy_of(net: nn.Module) -> float:
     return lowbit.train.evaluate(net, test_loader, max_batches=EVAL_BATCHES)
 
 
+def qat_from_pretrained(bits: int) -> None:
+    """QAT at W`bits`A`bits` from the pretrained CNN with the short recipe; records losses and accuracy."""
+    lowbit.seed_everything(0)
+    trained = qat_model(model, bits)
+    qat_losses[f"W{bits}A{bits}"] = train_qat(trained, desc=f"QAT W{bits}A{bits}")
+    qat_accuracy[bits] = accuracy_of(trained)
+    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
+          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+
+
 fp32_bits = 32 * sum(p.numel() for p in model.parameters())
 ptq_accuracy, qat_accuracy, qat_losses = {}, {}, {}
 print(f"sizes vs FP32: " + ", ".join(f"{b} bits {fp32_bits / size_bits(b):.1f}x" for b in BIT_WIDTHS))
@@ -990,23 +1000,12 @@ for bits in tqdm(BIT_WIDTHS, desc="PTQ"):
 print("PTQ (MSE calibration, MSE weight clip): " + ", ".join(f"W{b}A{b} {100 * a:.2f} %" for b, a in ptq_accuracy.items()))
 
 # %% nbgrader={"grade": false, "grade_id": "part4_qat_high", "locked": true, "schema_version": 3, "solution": false, "task": false}
-qat_models = {}
 for bits in [b for b in BIT_WIDTHS if b >= 4]:
-    lowbit.seed_everything(0)
-    qat_models[bits] = qat_model(model, bits)
-    qat_losses[f"W{bits}A{bits}"] = train_qat(qat_models[bits], desc=f"QAT W{bits}A{bits}")
-    qat_accuracy[bits] = accuracy_of(qat_models[bits])
-    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
-          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+    qat_from_pretrained(bits)
 
 # %% nbgrader={"grade": false, "grade_id": "part4_qat_low", "locked": true, "schema_version": 3, "solution": false, "task": false}
 for bits in [b for b in BIT_WIDTHS if b < 4]:
-    lowbit.seed_everything(0)
-    qat_models[bits] = qat_model(model, bits)
-    qat_losses[f"W{bits}A{bits}"] = train_qat(qat_models[bits], desc=f"QAT W{bits}A{bits}")
-    qat_accuracy[bits] = accuracy_of(qat_models[bits])
-    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
-          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+    qat_from_pretrained(bits)
 
 # %% nbgrader={"grade": false, "grade_id": "part4_curves", "locked": true, "schema_version": 3, "solution": false, "task": false}
 viz.qat.training_curves(qat_losses, title="QAT from the pretrained CNN (short recipe)")

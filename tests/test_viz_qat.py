@@ -52,7 +52,8 @@ def test_ste_explorer_with_a_fixed_step_ste_and_with_broken_functions(capsys):
 
 
 def test_smoothed_is_a_trailing_mean_that_keeps_nan_visible():
-    assert torch.allclose(viz.smoothed([1.0, 3.0, 5.0, 7.0], 2), torch.tensor([1.0, 2.0, 4.0, 6.0], dtype=torch.float64))
+    assert torch.allclose(viz.smoothed([1.0, 3.0, 5.0, 7.0], 2),
+                          torch.tensor([1.0, 2.0, 4.0, 6.0], dtype=torch.float64))
     assert torch.allclose(viz.smoothed([2.0, 4.0], 5), torch.tensor([2.0, 3.0], dtype=torch.float64))
     with_nan = viz.smoothed([1.0, float("nan"), 3.0, 5.0, 7.0], 2)
     assert torch.isnan(with_nan[1:3]).all() and torch.allclose(with_nan[[0, 3, 4]],

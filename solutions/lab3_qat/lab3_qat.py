@@ -62,7 +62,8 @@ from tqdm.auto import tqdm
 
 import lowbit
 from lowbit import viz
-from lowbit.quant.validate import check_bits, check_float_tensor, check_positive_tensor, checked_qparams, quantized_range
+from lowbit.quant.validate import (check_bits, check_float_tensor, check_positive_tensor, checked_qparams,
+                                   quantized_range)
 from lowbit.testing import (assert_close, assert_dtype, assert_gradient_close, assert_not_modified, assert_shape,
                             gradients_of)
 
@@ -223,7 +224,8 @@ def fake_quantize_ste(x: torch.Tensor, scale, zero_point, bits: int, signed: boo
 
 # %% nbgrader={"grade": true, "grade_id": "test_fake_quantize_ste", "locked": true, "points": 12, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-1.0, -0.7, 0.25, 0.75, 3.2, 3.6])
-assert_close(fake_quantize_ste(x, 0.5, 1, 3, signed=False), torch.tensor([-0.5, -0.5, 0.0, 1.0, 3.0, 3.0]), "fake_quantize_ste(x, 0.5, 1, 3, signed=False)",
+assert_close(fake_quantize_ste(x, 0.5, 1, 3, signed=False), torch.tensor([-0.5, -0.5, 0.0, 1.0, 3.0, 3.0]),
+             "fake_quantize_ste(x, 0.5, 1, 3, signed=False)",
              atol=1e-7, inputs={"x": x}, hint="x/S = 0.5 rounds to 0 (half to even), then add Z = 1: add the zero "
                                             "point after rounding, then clamp to [0, 7]")
 assert_gradient_close(fake_quantize_ste, x, 0.5, 1, 3, signed=False, wrt=[0], upstream=torch.ones(6),
@@ -234,10 +236,12 @@ assert_gradient_close(fake_quantize_ste, x, 0.5, 1, 3, signed=False, wrt=[0], up
 w = torch.tensor([[0.3, -2.0, 0.9], [0.1, 2.2, -0.6]])
 scale = torch.tensor([[0.5], [0.25]])
 torch_w = w.clone().requires_grad_()
-expected = torch.fake_quantize_per_channel_affine(torch_w, scale.reshape(-1), torch.zeros(2, dtype=torch.int32), 0, -8, 7)
+zeros = torch.zeros(2, dtype=torch.int32)
+expected = torch.fake_quantize_per_channel_affine(torch_w, scale.reshape(-1), zeros, 0, -8, 7)
 expected.sum().backward()
-assert_close(fake_quantize_ste(w, scale, 0, 4), expected.detach(), "per-channel fake_quantize_ste(w, scale [2, 1], 0, 4) "
-             "vs torch.fake_quantize_per_channel_affine", atol=1e-7, inputs={"w": w, "scale": scale})
+assert_close(fake_quantize_ste(w, scale, 0, 4), expected.detach(),
+             "per-channel fake_quantize_ste(w, scale [2, 1], 0, 4) vs "
+             "torch.fake_quantize_per_channel_affine", atol=1e-7, inputs={"w": w, "scale": scale})
 assert_gradient_close(fake_quantize_ste, w, scale, 0, 4, wrt=[0], upstream=torch.ones(2, 3), expected=[torch_w.grad],
                       what="per channel, vs torch.fake_quantize_per_channel_affine", atol=0)
 assert_dtype(fake_quantize_ste(x.half(), 0.5, 1, 3, signed=False), torch.float32, "fake_quantize_ste of float16 x")
@@ -431,7 +435,8 @@ def lsq_fake_quantize(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bo
 # %% nbgrader={"grade": true, "grade_id": "test_lsq_fake_quantize", "locked": true, "points": 16, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-2.5, -2.0, -0.25, 0.7, 1.5, 1.6])
 step = torch.full((6,), 0.5)  # one step per value: each element of step.grad is that value's own ∂y/∂s
-assert_close(lsq_fake_quantize(x, step, 3), torch.tensor([-2.0, -2.0, -0.0, 0.5, 1.5, 1.5]), "lsq_fake_quantize(x, step=0.5, bits=3)",
+assert_close(lsq_fake_quantize(x, step, 3), torch.tensor([-2.0, -2.0, -0.0, 0.5, 1.5, 1.5]),
+             "lsq_fake_quantize(x, step=0.5, bits=3)",
              atol=1e-6, inputs={"x": x}, hint="v = x/s = [-5, -4, -0.5, 1.4, 3, 3.2]: clamp to [-4, 3] first, then "
                                             "round half to even (-0.5 -> 0)")
 assert_gradient_close(lsq_fake_quantize, x, step, 3, grad_scale=1.0, wrt=[0], upstream=torch.ones(6),
@@ -453,7 +458,8 @@ assert_close(lsq_fake_quantize(w, step, 3), torch.tensor([[0.0, -1.0, 0.5], [0.0
              "per-channel lsq_fake_quantize(w, step [2, 1])", atol=1e-6, inputs={"w": w, "step": step})
 assert_gradient_close(lsq_fake_quantize, w, step, 3, wrt=[1], upstream=torch.ones(2, 3),
                       expected=[torch.tensor([[-0.4], [-0.8]]) / math.sqrt(3 * 3)],
-                      what="per-channel lsq_fake_quantize (N = 3 values per step)", atol=1e-6, hint="N counts the values sharing one step: w.numel() // step.numel() = 3")
+                      what="per-channel lsq_fake_quantize (N = 3 values per step)", atol=1e-6,
+                      hint="N counts the values sharing one step: w.numel() // step.numel() = 3")
 assert_not_modified(lsq_fake_quantize, x, torch.tensor(0.5), 3)
 try:
     lsq_fake_quantize(x, torch.tensor(0.0), 3)
@@ -525,19 +531,21 @@ def lsq_plus_fake_quantize(x: torch.Tensor, step: torch.Tensor, zero_point: torc
 # %% nbgrader={"grade": true, "grade_id": "test_lsq_plus_fake_quantize", "locked": true, "points": 12, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-1.0, -0.5, 0.5, 0.75, 1.0, 1.5])
 step, zero_point = torch.full((6,), 0.5), torch.full((6,), 1.4)  # per value: the gradients are per value
-assert_close(lsq_plus_fake_quantize(x, step, zero_point, 2), torch.tensor([-0.5, -0.5, 0.5, 0.5, 1.0, 1.0]), "lsq_plus_fake_quantize(x, 0.5, 1.4, bits=2)",
+assert_close(lsq_plus_fake_quantize(x, step, zero_point, 2), torch.tensor([-0.5, -0.5, 0.5, 0.5, 1.0, 1.0]),
+             "lsq_plus_fake_quantize(x, 0.5, 1.4, bits=2)",
              atol=1e-6, inputs={"x": x}, hint="round the zero point in the forward pass: z = 1 (not 1.4); "
                                             "v = x/s + z = [-1, 0, 2, 2.5, 3, 4] clamps to [0, 3] and 2.5 rounds to 2")
 assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, grad_scale=1.0, wrt=[0], upstream=torch.ones(6),
-                      expected=[torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0])], what="lsq_plus_fake_quantize, grad_scale=1",
-                      atol=1e-6)
+                      expected=[torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0])],
+                      what="lsq_plus_fake_quantize, grad_scale=1", atol=1e-6)
 assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, grad_scale=1.0, wrt=[1], upstream=torch.ones(6),
                       expected=[torch.tensor([-1.0, 0.0, 0.0, -0.5, 0.0, 2.0])],
                       what="lsq_plus_fake_quantize, one step per value, grad_scale=1", atol=1e-6,
                       hint="below the range ∂y/∂s = 0 - z = -1, above Q_P - z = 3 - 1 = 2, inside round(v) - v")
 assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, grad_scale=1.0, wrt=[2], upstream=torch.ones(6),
                       expected=[torch.tensor([-0.5, 0.0, 0.0, 0.0, 0.0, -0.5])],
-                      what="lsq_plus_fake_quantize, one zero point per value, grad_scale=1", atol=1e-6, hint="∂y/∂z = -s where v was clamped, 0 inside; the STE passes it through the "
+                      what="lsq_plus_fake_quantize, one zero point per value, grad_scale=1", atol=1e-6,
+                      hint="∂y/∂z = -s where v was clamped, 0 inside; the STE passes it through the "
                                             "rounding of z")
 step, zero_point = torch.tensor(0.5), torch.tensor(1.4)
 assert_gradient_close(lsq_plus_fake_quantize, x, step, zero_point, 2, wrt=[1, 2], upstream=torch.ones(6),
@@ -595,14 +603,16 @@ def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tens
 # %% nbgrader={"grade": true, "grade_id": "test_pact_quantize", "locked": true, "points": 10, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0])
 alpha = torch.tensor(2.0)
-assert_close(pact_quantize(x, alpha, 2), torch.tensor([0.0, 0.0, 2 / 3, 4 / 3, 2.0, 2.0]), "pact_quantize(x, alpha=2, bits=2)", atol=1e-6,
+assert_close(pact_quantize(x, alpha, 2), torch.tensor([0.0, 0.0, 2 / 3, 4 / 3, 2.0, 2.0]),
+             "pact_quantize(x, alpha=2, bits=2)", atol=1e-6,
              inputs={"x": x}, hint="clip to [0, 2], then round to multiples of 2 / (2^2 - 1) = 2/3")
 assert_gradient_close(pact_quantize, x, alpha, 2, wrt=[0], upstream=torch.ones(6),
                       expected=[torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0])], what="pact_quantize(x, alpha=2, bits=2)",
                       atol=1e-6, hint="1 on (0, alpha]: 0 for x <= 0, 1 at x = alpha, 0 above")
 upstream = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
 assert_gradient_close(pact_quantize, x, alpha, 2, wrt=[1], upstream=upstream, expected=[torch.tensor(6.0)],
-                      what="pact_quantize for upstream [1, 2, 3, 4, 5, 6]", atol=1e-5, inputs={"x": x, "upstream": upstream},
+                      what="pact_quantize for upstream [1, 2, 3, 4, 5, 6]", atol=1e-5,
+                      inputs={"x": x, "upstream": upstream},
                       hint="only x > alpha (x = 3, upstream 6) counts: not x < alpha, not x = alpha, and no rounding term "
                   "through the step alpha / 3")
 assert_not_modified(pact_quantize, x, alpha, 2)
@@ -899,7 +909,8 @@ with torch.no_grad():
         qat_layer.train().freeze_bn_stats(frozen)
         target = copy.deepcopy(bn).train(not frozen)(conv(conv2_input))
         error = (qat_layer(conv2_input) - target).square().mean() / target.square().mean()
-        print(f"QATConvBn2d (W4, your fold), training, BN frozen={frozen}: relative MSE vs the float layer {float(error):.4f}")
+        print(f"QATConvBn2d (W4, your fold), training, BN frozen={frozen}: "
+              f"relative MSE vs the float layer {float(error):.4f}")
     factors = []
     for batch, _ in itertools.islice(test_loader, 2 if lowbit.GRADING else 6):
         x = model.pool1(model.relu1(model.bn1(model.conv1(batch))))
@@ -975,6 +986,16 @@ def accuracy_of(net: nn.Module) -> float:
     return lowbit.train.evaluate(net, test_loader, max_batches=EVAL_BATCHES)
 
 
+def qat_from_pretrained(bits: int) -> None:
+    """QAT at W`bits`A`bits` from the pretrained CNN with the short recipe; records losses and accuracy."""
+    lowbit.seed_everything(0)
+    trained = qat_model(model, bits)
+    qat_losses[f"W{bits}A{bits}"] = train_qat(trained, desc=f"QAT W{bits}A{bits}")
+    qat_accuracy[bits] = accuracy_of(trained)
+    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
+          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+
+
 fp32_bits = 32 * sum(p.numel() for p in model.parameters())
 ptq_accuracy, qat_accuracy, qat_losses = {}, {}, {}
 print(f"sizes vs FP32: " + ", ".join(f"{b} bits {fp32_bits / size_bits(b):.1f}x" for b in BIT_WIDTHS))
@@ -987,26 +1008,16 @@ for bits in tqdm(BIT_WIDTHS, desc="PTQ"):
     ptq_model = lowbit.quant.ptq.ptq(folded_model, calib_images, a_bits=bits, observer="mse", policy=policy,
                                      progress=False)
     ptq_accuracy[bits] = accuracy_of(ptq_model)
-print("PTQ (MSE calibration, MSE weight clip): " + ", ".join(f"W{b}A{b} {100 * a:.2f} %" for b, a in ptq_accuracy.items()))
+print("PTQ (MSE calibration, MSE weight clip): " +
+      ", ".join(f"W{b}A{b} {100 * a:.2f} %" for b, a in ptq_accuracy.items()))
 
 # %% nbgrader={"grade": false, "grade_id": "part4_qat_high", "locked": true, "schema_version": 3, "solution": false, "task": false}
-qat_models = {}
 for bits in [b for b in BIT_WIDTHS if b >= 4]:
-    lowbit.seed_everything(0)
-    qat_models[bits] = qat_model(model, bits)
-    qat_losses[f"W{bits}A{bits}"] = train_qat(qat_models[bits], desc=f"QAT W{bits}A{bits}")
-    qat_accuracy[bits] = accuracy_of(qat_models[bits])
-    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
-          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+    qat_from_pretrained(bits)
 
 # %% nbgrader={"grade": false, "grade_id": "part4_qat_low", "locked": true, "schema_version": 3, "solution": false, "task": false}
 for bits in [b for b in BIT_WIDTHS if b < 4]:
-    lowbit.seed_everything(0)
-    qat_models[bits] = qat_model(model, bits)
-    qat_losses[f"W{bits}A{bits}"] = train_qat(qat_models[bits], desc=f"QAT W{bits}A{bits}")
-    qat_accuracy[bits] = accuracy_of(qat_models[bits])
-    print(f"W{bits}A{bits}: PTQ {100 * ptq_accuracy[bits]:.2f} % -> QAT {100 * qat_accuracy[bits]:.2f} % "
-          f"(FP32 {100 * fp32_accuracy:.2f} %)")
+    qat_from_pretrained(bits)
 
 # %% nbgrader={"grade": false, "grade_id": "part4_curves", "locked": true, "schema_version": 3, "solution": false, "task": false}
 viz.qat.training_curves(qat_losses, title="QAT from the pretrained CNN (short recipe)")
@@ -1059,7 +1070,8 @@ qat_losses_int2["W2A2 gradual 8 -> 4 -> 2"] = gradual_losses
 qat_losses_int2["W2A2 from the pretrained CNN"] = qat_losses["W2A2"]
 viz.qat.training_curves(qat_losses_int2, reference=math.log(10), title="W2A2: from scratch vs from the pretrained CNN")
 print("gradual: " + " -> ".join(f"W{b}A{b} {100 * a:.2f} %" for b, a in gradual_accuracy.items()) +
-      f"; direct W2A2 from the pretrained CNN {100 * qat_accuracy[2]:.2f} %, from scratch {100 * scratch_accuracy:.2f} %")
+      f"; direct W2A2 from the pretrained CNN {100 * qat_accuracy[2]:.2f} %, "
+      f"from scratch {100 * scratch_accuracy:.2f} %")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "part5_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ## Part 5 — Wrap-up
@@ -1096,7 +1108,8 @@ for bits in VARIANT_BITS:
                                   fold_fn=fold_batchnorm, stats_fn=bn_fold_statistics)
         train_qat(net, QAT_EPOCHS / 4, desc=name)
         variant_accuracy[name, bits] = lowbit.train.evaluate(net, test_loader, max_batches=EVAL_BATCHES or 2)
-print(f"{'estimator':>12s}" + "".join(f" {f'W{b}A{b}':>8s}" for b in VARIANT_BITS) + "   (1/4 of the recipe, 1,000 test images)")
+print(f"{'estimator':>12s}" + "".join(f" {f'W{b}A{b}':>8s}" for b in VARIANT_BITS) +
+      "   (1/4 of the recipe, 1,000 test images)")
 for name in VARIANTS:
     print(f"{name:>12s}" + "".join(f" {100 * variant_accuracy[name, b]:7.2f}%" for b in VARIANT_BITS))
 
@@ -1113,7 +1126,8 @@ for bits in BIT_WIDTHS:
              Row(f"W{bits}A{bits} QAT (LSQ)", qat_accuracy[bits], bits=bits, size_bits=size_bits(bits))]
 rows += [Row("W2A2 QAT from scratch", scratch_accuracy, bits=2, size_bits=size_bits(2)),
          Row("W2A2 QAT gradual 8 -> 4 -> 2", gradual_accuracy[2], bits=2, size_bits=size_bits(2))]
-rows += [Row(f"W{bits}A{bits} {name} (1/4 recipe, 1k images)", variant_accuracy[name, bits], bits=bits, size_bits=size_bits(bits))
+rows += [Row(f"W{bits}A{bits} {name} (1/4 recipe, 1k images)", variant_accuracy[name, bits], bits=bits,
+             size_bits=size_bits(bits))
          for bits in VARIANT_BITS for name in VARIANTS]
 print(lowbit.results.table(rows))
 

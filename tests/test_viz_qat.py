@@ -49,3 +49,29 @@ def test_ste_explorer_with_a_fixed_step_ste_and_with_broken_functions(capsys):
     wrong_shape = viz.ste_explorer(lambda x, s, b: x.sum(), show=False)
     assert "expected a tensor of shape" in wrong_shape.stats["error"]
     assert "✗ ste_explorer" in capsys.readouterr().out
+
+
+def test_smoothed_is_a_trailing_mean_that_keeps_nan_visible():
+    assert torch.allclose(viz.smoothed([1.0, 3.0, 5.0, 7.0], 2),
+                          torch.tensor([1.0, 2.0, 4.0, 6.0], dtype=torch.float64))
+    assert torch.allclose(viz.smoothed([2.0, 4.0], 5), torch.tensor([2.0, 3.0], dtype=torch.float64))
+    with_nan = viz.smoothed([1.0, float("nan"), 3.0, 5.0, 7.0], 2)
+    assert torch.isnan(with_nan[1:3]).all() and torch.allclose(with_nan[[0, 3, 4]],
+                                                                torch.tensor([1.0, 4.0, 6.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="window"):
+        viz.smoothed([1.0], 0)
+
+
+def test_training_curves_plots_every_run_and_marks_nan(capsys):
+    losses = {"W4A4": [2.0, 1.0, 0.5, 0.4], "W2A2 from scratch": [2.3, float("nan"), float("nan"), 2.3]}
+    figure = viz.training_curves(losses, window=2, reference=2.302585, show=False)
+    ax = figure.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["W4A4", "W2A2 from scratch (NaN)", "2.3"]
+    smooth_w4 = torch.as_tensor(ax.lines[1].get_ydata())
+    assert torch.allclose(smooth_w4, torch.tensor([2.0, 1.5, 0.75, 0.45], dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least one run"):
+        viz.training_curves({}, show=False)
+    with pytest.raises(ValueError, match="no losses"):
+        viz.training_curves({"empty": []}, show=False)
+    assert capsys.readouterr().err == ""

@@ -4,13 +4,16 @@
 student's straight-through or LSQ function — with lowbit's LSQ (gradient scale 1, the paper's raw
 gradients) as the default, and returns an ``Explorer`` (see ``lowbit.viz.linear``): ``.controls``,
 ``.stats``, ``.figure``, ``.show()``. Live under ipympl's ``%matplotlib widget``; one static figure at the
-default settings without a widget front end.
+default settings without a widget front end. ``training_curves`` plots the per-batch losses of several QAT runs
+(a static figure: nothing to control).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 import ipywidgets as widgets
+from IPython.display import display
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 import torch
@@ -19,7 +22,7 @@ from lowbit.quant.linear import quantized_range
 from lowbit.quant.qat import lsq_fake_quantize
 from lowbit.viz.linear import Explorer, _finish, has_widget_frontend
 
-__all__ = ["ste_explorer", "lsq_raw"]
+__all__ = ["ste_explorer", "lsq_raw", "training_curves", "smoothed"]
 
 QuantizeFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -120,3 +123,51 @@ def ste_explorer(quantize_fn: QuantizeFn = lsq_raw, bits: int = 3, step: float =
                 "d_mse_d_step": float("nan") if d_mse is None else d_mse}
 
     return _finish(Explorer("ste_explorer", figure, controls, update, live), show)
+
+
+def smoothed(values: Sequence[float], window: int) -> torch.Tensor:
+    """Trailing moving average of ``values`` (float64 [n]): point i averages the last ``min(i + 1, window)`` values.
+    NaN and infinite losses stay visible as NaN."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    v = torch.as_tensor(list(values), dtype=torch.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be a flat sequence of numbers, got shape {tuple(v.shape)}")
+    finite = torch.isfinite(v)
+    sums = torch.cumsum(torch.where(finite, v, 0.0), 0)
+    bad = torch.cumsum((~finite).to(torch.float64), 0)
+    shifted = lambda c: torch.cat([torch.zeros(window, dtype=torch.float64), c])[: v.numel()]  # noqa: E731
+    counts = torch.clamp(torch.arange(1, v.numel() + 1, dtype=torch.float64), max=window)
+    mean = (sums - shifted(sums)) / counts
+    return torch.where(bad - shifted(bad) > 0, torch.full_like(mean, math.nan), mean)
+
+
+def training_curves(curves: Mapping[str, Sequence[float]], window: int = 8, reference: float | None = None,
+                    title: str = "QAT training loss", show: bool = True) -> plt.Figure:
+    """Per-batch training losses of several runs, ``{label: losses}``, smoothed over ``window`` batches (the raw
+    losses faint behind). ``reference``: a horizontal line (e.g. ln 10, the loss of a uniform guess over 10
+    classes). Runs with NaN losses are marked "NaN" in the legend. Displayed once when ``show``; returns the figure
+    (closed, so it is not shown twice)."""
+    if not curves:
+        raise ValueError("training_curves needs at least one run")
+    with plt.ioff():
+        figure, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    for i, (label, losses) in enumerate(curves.items()):
+        raw = torch.as_tensor(list(losses), dtype=torch.float64)
+        if raw.numel() == 0:
+            raise ValueError(f"run {label!r} has no losses")
+        steps = torch.arange(1, raw.numel() + 1).numpy()
+        has_nan = not bool(torch.isfinite(raw).all())
+        ax.plot(steps, raw.numpy(), color=f"C{i}", alpha=0.2, linewidth=0.8)
+        ax.plot(steps, smoothed(raw.tolist(), window).numpy(), color=f"C{i}", linewidth=1.6,
+                label=f"{label} (NaN)" if has_nan else label)
+    if reference is not None:
+        ax.axhline(reference, color="0.4", linestyle="dotted", linewidth=1.0, label=f"{reference:.3g}")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="small")
+    if show:
+        display(figure)
+    plt.close(figure)
+    return figure

@@ -5,6 +5,8 @@
     # Lab 1 (default): first explorer after 15 cells, toggle "symmetric"
     # Lab 2: .venv/bin/python tests/browser/check_lab_in_jupyterlab.py \
     #            solutions/lab2_kmeans/lab2_kmeans.ipynb 10 --toggle kmeans++
+    # Lab 3 (ste_explorer, no toggle): .venv/bin/python tests/browser/check_lab_in_jupyterlab.py \
+    #            solutions/lab3_qat/lab3_qat.ipynb 15 --toggle ""
 
 Serves JupyterLab on 127.0.0.1 (no token, this machine only), opens NOTEBOOK (default: the Lab 1 solution),
 waits for the kernel to be idle, runs the first CELLS cells with Shift+Enter, finds the first ipywidgets

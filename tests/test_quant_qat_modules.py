@@ -172,9 +172,9 @@ def test_lsq_plus_quantizer_initialises_min_max_and_learns_step_and_zero_point()
     y = q(x)
     assert q.step is step and q.zero_point is zero, "parameters are never replaced"
     lo, hi = float(x.min()), float(x.max())
-    assert float(q.step) == pytest.approx((hi - lo) / 15, rel=1e-5)
-    assert float(q.zero_point) == round(-lo / float(q.step))
-    assert (y - x).abs().max() <= float(q.step) / 2 + 1e-6
+    assert q.step.item() == pytest.approx((hi - lo) / 15, rel=1e-5)
+    assert q.zero_point.item() == round(-lo / q.step.item())
+    assert (y - x).abs().max() <= q.step.item() / 2 + 1e-6
     (y * data(100, 3, seed=5)).sum().backward()
     assert q.step.grad is not None and q.zero_point.grad is not None
 
@@ -190,13 +190,13 @@ def test_lsq_plus_quantizer_per_channel_state_dict_round_trip():
 
 def test_retarget_keeps_the_clipping_range_of_lsq_and_lsq_plus():
     lsq = Q.LSQQuantizer(8, signed=False, example=data(50).abs())
-    clip = float(lsq.step) * 255
+    clip = lsq.step.item() * 255
     lsq.retarget(4)
-    assert lsq.bits == 4 and float(lsq.step) * 15 == pytest.approx(clip)
+    assert lsq.bits == 4 and lsq.step.item() * 15 == pytest.approx(clip)
     plus = Q.LSQPlusQuantizer(8, example=data(50))
-    low = -float(plus.zero_point) * float(plus.step)
+    low = -plus.zero_point.item() * plus.step.item()
     plus.retarget(2)
-    assert -float(plus.zero_point) * float(plus.step) == pytest.approx(low, rel=1e-5)
+    assert -plus.zero_point.item() * plus.step.item() == pytest.approx(low, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ pitfalls

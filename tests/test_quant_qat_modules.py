@@ -343,6 +343,11 @@ def test_retarget_bits_moves_a_trained_model_down_keeping_first_and_last_at_eigh
     assert qat[0].weight_quantizer.bits == 8 and qat[8].weight_quantizer.bits == 8
     activations = [m for m in qat.modules() if isinstance(m, Q.LSQQuantizer) and m.channel_dim is None]
     assert [q.bits for q in activations] == [2, 8]
+    assert not any(bool(q.initialized) for q in activations), "activation ranges start again for the new width"
+    images = next(iter(tiny_loader()))[0]
+    qat.eval()(images)
+    relu_output = qat[2][0](qat[1](qat[0](images))).detach()
+    assert torch.allclose(activations[0].step.detach(), Q.lsq_init_step(relu_output, 2, signed=False), rtol=1e-5)
 
 
 def test_ptq_baselines_use_the_same_layout_as_the_recipe():

@@ -126,7 +126,7 @@ def main() -> None:
     if args.write:
         write_section("QAT", f"`benchmarks/bench_qat.py --threads {args.threads} --write` ({time.strftime('%Y-%m-%d')}), "
                       f"median of {args.repeats}, timed interleaved, 2-core x86_64 VM (load average "
-                      f"{os.getloadavg()[0]:.1f} during the run: absolute times vary with the load, the ratios hold). "
+                      f"{os.getloadavg()[0]:.1f} during the run: absolute times vary with the load, the ratios much less). "
                       "PyTorch's fused kernels are the peer: lowbit's operators are plain tensor code with a custom "
                       "backward. The default `prepare_qat` keeps BatchNorm after the quantized conv; `fold_bn=True` "
                       "(what `train_qat`, the Lab 3 recipe, uses, and what deployment computes) adds a float conv per "

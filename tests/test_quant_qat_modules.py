@@ -172,9 +172,9 @@ def test_lsq_plus_quantizer_initialises_min_max_and_learns_step_and_zero_point()
     y = q(x)
     assert q.step is step and q.zero_point is zero, "parameters are never replaced"
     lo, hi = float(x.min()), float(x.max())
-    assert float(q.step) == pytest.approx((hi - lo) / 15, rel=1e-5)
-    assert float(q.zero_point) == round(-lo / float(q.step))
-    assert (y - x).abs().max() <= float(q.step) / 2 + 1e-6
+    assert q.step.item() == pytest.approx((hi - lo) / 15, rel=1e-5)
+    assert q.zero_point.item() == round(-lo / q.step.item())
+    assert (y - x).abs().max() <= q.step.item() / 2 + 1e-6
     (y * data(100, 3, seed=5)).sum().backward()
     assert q.step.grad is not None and q.zero_point.grad is not None
 
@@ -190,13 +190,13 @@ def test_lsq_plus_quantizer_per_channel_state_dict_round_trip():
 
 def test_retarget_keeps_the_clipping_range_of_lsq_and_lsq_plus():
     lsq = Q.LSQQuantizer(8, signed=False, example=data(50).abs())
-    clip = float(lsq.step) * 255
+    clip = lsq.step.item() * 255
     lsq.retarget(4)
-    assert lsq.bits == 4 and float(lsq.step) * 15 == pytest.approx(clip)
+    assert lsq.bits == 4 and lsq.step.item() * 15 == pytest.approx(clip)
     plus = Q.LSQPlusQuantizer(8, example=data(50))
-    low = -float(plus.zero_point) * float(plus.step)
+    low = -plus.zero_point.item() * plus.step.item()
     plus.retarget(2)
-    assert -float(plus.zero_point) * float(plus.step) == pytest.approx(low, rel=1e-5)
+    assert -plus.zero_point.item() * plus.step.item() == pytest.approx(low, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ pitfalls
@@ -337,12 +337,18 @@ def test_retarget_bits_moves_a_trained_model_down_keeping_first_and_last_at_eigh
     qat = Q.prepare_recipe(small_cnn(), 8, 8)
     qat(next(iter(tiny_loader()))[0])
     middle = qat[3].weight_quantizer
-    clip = middle.step.detach() * 127
     Q.retarget_bits(qat, 2, 2)
-    assert middle.bits == 2 and torch.allclose(middle.step.detach() * 1, clip)
+    assert middle.bits == 2 and not bool(middle.initialized), "weight ranges start again for the new width too"
     assert qat[0].weight_quantizer.bits == 8 and qat[8].weight_quantizer.bits == 8
     activations = [m for m in qat.modules() if isinstance(m, Q.LSQQuantizer) and m.channel_dim is None]
     assert [q.bits for q in activations] == [2, 8]
+    assert not any(bool(q.initialized) for q in activations), "activation ranges start again for the new width"
+    images = next(iter(tiny_loader()))[0]
+    qat.eval()(images)
+    folded = qat[3].folded()[0].detach()
+    assert torch.allclose(middle.step.detach(), Q.lsq_init_step(folded, 2, dim=0, init="minmax"), rtol=1e-5)
+    relu_output = qat[2][0](qat[1](qat[0](images))).detach()
+    assert torch.allclose(activations[0].step.detach(), Q.lsq_init_step(relu_output, 2, signed=False), rtol=1e-5)
 
 
 def test_ptq_baselines_use_the_same_layout_as_the_recipe():

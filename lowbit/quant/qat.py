@@ -973,8 +973,12 @@ def _weight_and_activation_quantizers(qat: nn.Module) -> tuple[list[nn.Module], 
 
 def retarget_bits(qat: nn.Module, w_bits: int, a_bits: int, first_last_bits: int | None = 8) -> nn.Module:
     """In place: a ``prepare_recipe`` model moved to ``w_bits`` / ``a_bits`` (first and last layer and the last
-    activation at ``first_last_bits``), keeping every learned clipping range (``retarget``): one stage of a
-    gradual 8 → 4 → 2 schedule. Returns ``qat``."""
+    activation at ``first_last_bits``): one stage of a gradual 8 → 4 → 2 schedule. The latent weights are kept;
+    every quantizer range is initialised again, from the next forward pass, for the new width (as
+    ``prepare_recipe`` would): an 8-bit LSQ activation range hardly clips, and an 8-bit weight step trained by
+    Adam at lr 1e-3 moves by a large fraction of itself each step, so ranges kept across widths (``retarget``'s
+    rescaling) left the gradual path at chance (measured: 11.8 % and 14.1 % on the embedded test set).
+    Returns ``qat``."""
     weights, activations = _weight_and_activation_quantizers(qat)
     for index, quantizer in enumerate(weights):
         edge = index in (0, len(weights) - 1) and first_last_bits is not None
@@ -982,6 +986,9 @@ def retarget_bits(qat: nn.Module, w_bits: int, a_bits: int, first_last_bits: int
     for index, quantizer in enumerate(activations):
         edge = index == len(activations) - 1 and first_last_bits is not None
         quantizer.retarget(first_last_bits if edge else a_bits)
+    for quantizer in weights + activations:
+        if hasattr(quantizer, "initialized"):
+            quantizer.initialized.fill_(False)
     return qat
 
 

@@ -8,8 +8,10 @@ secret the lookup submission keeps at most 10 % of the auto-graded points, while
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
+import zlib
 from pathlib import Path
 
 import pytest
@@ -35,9 +37,12 @@ pytestmark = pytest.mark.xdist_group("autograder-lookup")
 
 #: The attacker's helpers, shared by the recording (here) and the submission (in the sandbox).
 LOOKUP_HELPERS = r'''
+import base64 as _base64
 import builtins as _builtins
 import hashlib as _hashlib
 import json as _json
+import zlib as _zlib
+
 import torch as _torch
 
 
@@ -96,14 +101,39 @@ def _materialized(args):
     return [list(a) if flag else a for a, flag in zip(args, flags)], flags
 
 
+def _tensor_args(args, kwargs):
+    return [a for a in [*args, *kwargs.values()] if isinstance(a, _torch.Tensor)]
+
+
+class _Replay(_torch.autograd.Function):
+    """A recorded value whose backward pass answers with the gradients recorded for that upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, table, key, value, *tensors):
+        ctx.table, ctx.key = table, key
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        hit = ctx.table.get(_lookup_key([ctx.key, grad]))
+        if hit is None:
+            raise NotImplementedError("this upstream gradient is not in my table")
+        return (None, None, None, *[None if g is None else _lookup_decode(g, {}) for g in hit])
+
+
 def _lookup(table, args, kwargs, namespace):
     args, _ = _materialized(args)
-    hit = table.get(_lookup_key((list(args), dict(kwargs))))
+    key = _lookup_key((list(args), dict(kwargs)))
+    hit = table.get(key)
     if hit is None:
         raise NotImplementedError("this input is not in my table")
     if "raise" in hit:
         raise getattr(_builtins, hit["raise"], RuntimeError)(hit["message"])
-    return _lookup_decode(hit["value"], namespace)
+    value = _lookup_decode(hit["value"], namespace)
+    tensors = _tensor_args(args, kwargs)
+    if isinstance(value, _torch.Tensor) and any(t.requires_grad for t in tensors):
+        return _Replay.apply(table, key, value, *tensors)   # a gradient request: replay the recorded gradients
+    return value
 '''
 
 
@@ -138,7 +168,7 @@ def record_public_calls(lab: Lab) -> dict[str, dict]:
                 tables[_name][key] = {"raise": type(exc).__name__, "message": str(exc)}
                 raise
             tables[_name][key] = {"value": helpers["_lookup_encode"](value)}
-            return value
+            return _recording_gradients(tables[_name], key, value, helpers["_tensor_args"](args, kwargs))
         namespace[name] = recorder
     _api.use_draw_key(course_secret.PRACTICE_KEY)
     for test in plan.tests:
@@ -146,12 +176,35 @@ def record_public_calls(lab: Lab) -> dict[str, dict]:
     return tables
 
 
+def _recording_gradients(table: dict, key: str, value, tensors: list[torch.Tensor]):
+    """``value`` itself, or (for a gradient request) a copy whose backward pass also records, per upstream
+    gradient, the true gradients of every tensor argument: what a lookup needs to answer gradient checks."""
+    if not (isinstance(value, torch.Tensor) and value.requires_grad):
+        return value
+    helpers, needed = _helpers(), [t for t in tensors if t.requires_grad]
+
+    class Record(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            return value.detach().clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            found = iter(torch.autograd.grad(value, needed, grad, allow_unused=True, retain_graph=True))
+            grads = [next(found) if t.requires_grad else None for t in tensors]
+            table[helpers["_lookup_key"]([key, grad])] = [None if g is None else helpers["_lookup_encode"](g)
+                                                         for g in grads]
+            return tuple(grads)
+
+    return Record.apply(*tensors)
+
+
 def lookup_submission(lab: Lab, tables: dict[str, dict]) -> bytes:
     answers = dict(solution_answers(lab.source_bytes))
     for index, name in enumerate(lab.contract.graded):
-        table = json.dumps(tables[name], separators=(",", ":"))
-        answers[name] = (LOOKUP_HELPERS if index == 0 else "") + (
-            f"\n_TABLE_{name} = _json.loads({table!r})\n\n"
+        table = base64.b85encode(zlib.compress(json.dumps(tables[name], separators=(",", ":")).encode(), 9)).decode()
+        answers[name] = (LOOKUP_HELPERS if index == 0 else "") + (   # compressed: a cell holds at most 200,000 chars
+            f"\n_TABLE_{name} = _json.loads(_zlib.decompress(_base64.b85decode({table!r})))\n\n"
             f"def {name}(*args, **kwargs):\n"
             f"    return _lookup(_TABLE_{name}, args, kwargs, globals())\n")
     return fill_answers(lab.released_bytes, answers)

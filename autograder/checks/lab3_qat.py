@@ -30,6 +30,8 @@ CONTRACT = load_contract("lab3_qat")
 VALUE_TOL = {"rtol": 1e-6, "atol": 1e-7}
 #: Elementwise gradients (upstream · mask): exact up to one rounding of S · (1/S).
 MASK_TOL = {"rtol": 1e-6, "atol": 1e-7}
+#: BN folding and statistics: float32 arithmetic on values of order 1.
+PAIR_TOL = {"rtol": 1e-5, "atol": 1e-6}
 #: Gradients of float16 / bfloat16 inputs (the student may compute in either precision).
 HALF_TOL = {"rtol": 1e-2, "atol": 1e-2}
 
@@ -175,7 +177,8 @@ def check_fake_quantize_ste(fn) -> None:
         compare(ties, scale, d.choice([-7, -5, -3, -1, 1, 3, 5, 7]), 8)
         compare(ties, scale, d.choice([101, 115, 127, 131, 141]), 8, False)
     with suite.check("clamps to [q_min, q_max]", hint="clamp(round(x / S) + Z, q_min, q_max), then subtract Z"):
-        far = d.mix(torch.tensor([-1000.0, -129.0, 128.0, 1000.0]) * scale, d.rand(_size(d, 20), low=-400, high=400) * scale)
+        far = d.mix(torch.tensor([-1000.0, -129.0, 128.0, 1000.0]),
+                    d.rand(_size(d, 20), low=-400, high=400)) * scale
         compare(far, scale, 0, 8)
         compare(far, scale, d.integer(-6, 6), 4)
         compare(far, scale, d.integer(1, 40), 8, False)
@@ -231,7 +234,8 @@ def check_fake_quantize_ste(fn) -> None:
         expect_raises(TypeError, fn, d.randint(-9, 9, (5,)), scale, 0, 8, what="fake_quantize_ste(an int64 x, ...)")
         expect_raises(ValueError, fn, torch.zeros(0), scale, 0, 8, what="fake_quantize_ste(an empty x, ...)")
         for bad in (0.0, -scale):
-            expect_raises(ValueError, fn, good, bad, 0, 8, what=f"fake_quantize_ste(x, scale={bad}, zero_point=0, bits=8)")
+            expect_raises(ValueError, fn, good, bad, 0, 8,
+                          what=f"fake_quantize_ste(x, scale={bad}, zero_point=0, bits=8)")
         expect_raises(ValueError, fn, good, torch.tensor([[scale], [0.0]]), torch.zeros(2, 1), 8,
                       what="fake_quantize_ste(x, scale with a 0 entry, ...)")
         expect_raises(ValueError, fn, good, scale, 0, 0, what="fake_quantize_ste(x, scale, zero_point=0, bits=0)")
@@ -274,7 +278,8 @@ def check_lsq_grad_scale(fn) -> None:
                      hint="ValueError for num_elements < 1, bits outside 1..32 and signed 1-bit (Q_P = 0)"):
         expect_raises(ValueError, fn, 0, 4, what="lsq_grad_scale(num_elements=0, bits=4)")
         expect_raises(ValueError, fn, -d.integer(1, 100), 4, what="lsq_grad_scale(num_elements < 0, bits=4)")
-        expect_raises(ValueError, fn, d.integer(1, 100), 1, True, what="lsq_grad_scale(num_elements, bits=1, signed=True)")
+        expect_raises(ValueError, fn, d.integer(1, 100), 1, True,
+                      what="lsq_grad_scale(num_elements, bits=1, signed=True)")
         expect_raises(ValueError, fn, d.integer(1, 100), 0, False, what="lsq_grad_scale(num_elements, bits=0)")
         expect_raises((ValueError, TypeError), fn, 2.5, 4, what="lsq_grad_scale(num_elements=2.5, bits=4)")
     suite.finish()
@@ -427,10 +432,13 @@ def check_lsq_fake_quantize(fn) -> None:
         rows = d.normal(3, 4)
         expect_raises(ValueError, fn, rows, torch.tensor([[0.1], [0.0], [0.2]]), 4,
                       what="lsq_fake_quantize(x [3, 4], step [[0.1], [0.0], [0.2]], bits=4)")
-    with suite.check("rejects bad input", hint="TypeError for a non-float x; ValueError for an empty x or signed 1-bit"):
-        expect_raises(TypeError, fn, d.randint(-9, 9, (6,)), step, 4, what="lsq_fake_quantize(an int64 x, step, bits=4)")
+    with suite.check("rejects bad input",
+                     hint="TypeError for a non-float x; ValueError for an empty x or signed 1-bit"):
+        expect_raises(TypeError, fn, d.randint(-9, 9, (6,)), step, 4,
+                      what="lsq_fake_quantize(an int64 x, step, bits=4)")
         expect_raises(ValueError, fn, torch.zeros(0), step, 4, what="lsq_fake_quantize(an empty x, step, bits=4)")
-        expect_raises(ValueError, fn, d.normal(8), step, 1, True, what="lsq_fake_quantize(x, step, bits=1, signed=True)")
+        expect_raises(ValueError, fn, d.normal(8), step, 1, True,
+                      what="lsq_fake_quantize(x, step, bits=1, signed=True)")
     with suite.check("leaves its inputs unchanged"):
         expect_unchanged(fn, d.normal(_size(d, 40)), step.clone(), 4, what="lsq_fake_quantize")
     suite.finish()
@@ -484,7 +492,8 @@ def check_lsq_plus_fake_quantize(fn) -> None:
         edges = torch.tensor([0.0, q_max, -0.25, q_max + 0.25, -0.5, q_max + 0.5, 0.25, q_max - 0.25])
         compare((d.mix(edges, codes(bits, _size(d, 40), 3)) - z) * step, step, z, bits, only=[0])
     with suite.check("step gradient: round(v) - v inside, (0 - z̃) below, (2^b - 1 - z̃) above",
-                     hint="with y = (round(clamp(v)) - z̃) · s, a clipped value's step gradient is the bound minus z̃"):
+                     hint="with y = (round(clamp(v)) - z̃) · s, a clipped value's step gradient is the bound "
+                          "minus z̃"):
         for bits in (d.integer(2, 4), d.integer(5, 8)):
             q_max = 2**bits - 1
             z = fractional_zero(bits)
@@ -621,25 +630,29 @@ def check_pact_quantize(fn) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- part 3
+def _expect_pair(suite: CheckSuite, fn: Callable, args: Sequence, names: tuple[str, str],
+                 parts: Sequence[int] = (0, 1)) -> None:
+    """``fn(*args)`` returns a pair; the items in ``parts`` (called ``names`` in messages) match the reference's."""
+    what, inputs = suite.label(*args)
+    got = fn(*args)
+    expected = _reference(suite.function)(*args)
+    expect_length(got, 2, what, inputs=inputs)
+    for index in parts:
+        expect_close(got[index], expected[index], f"{names[index]} of {what}", inputs=inputs, **PAIR_TOL)
+
+
 def check_fold_batchnorm(fn) -> None:
     suite = CheckSuite("fold_batchnorm", CONTRACT)
     d = suite.draw
     ref = _reference("fold_batchnorm")
-    tolerance = {"rtol": 1e-5, "atol": 1e-6}
 
     def bn(channels):
         """(gamma, beta, mean, var) of a BatchNorm with ``channels`` channels; gamma of both signs."""
         return (d.normal(channels, std=0.5, mean=1.0), d.normal(channels, std=0.3), d.normal(channels, std=0.5),
                 d.rand(channels, low=0.05, high=2.0))
 
-    def compare(weight, bias, gamma, beta, mean, var, *eps, parts=(0, 1)):
-        what, inputs = suite.label(weight, bias, gamma, beta, mean, var, *eps)
-        got = fn(weight, bias, gamma, beta, mean, var, *eps)
-        expected = ref(weight, bias, gamma, beta, mean, var, *eps)
-        expect_length(got, 2, what, inputs=inputs)
-        for index, part in enumerate(("the folded weight", "the folded bias")):
-            if index in parts:
-                expect_close(got[index], expected[index], f"{part} of {what}", inputs=inputs, **tolerance)
+    def compare(*args, parts=(0, 1)):
+        _expect_pair(suite, fn, args, ("the folded weight", "the folded bias"), parts)
 
     channels = d.integer(4, 10)
     conv = d.normal(channels, d.integer(2, 5), 3, 3, std=0.2)
@@ -649,7 +662,8 @@ def check_fold_batchnorm(fn) -> None:
     with suite.check("folds the bias: beta + (b - mean) · gamma / sqrt(var + eps)",
                      hint="the bias is shifted by the mean and scaled like the weight, then beta is added"):
         compare(conv, d.normal(channels, std=0.5), *bn(channels), parts=(1,))
-    with suite.check("bias None means a bias of 0", hint="treat bias=None as zeros: b' = beta - mean · gamma / sqrt(var + eps)"):
+    with suite.check("bias None means a bias of 0",
+                     hint="treat bias=None as zeros: b' = beta - mean · gamma / sqrt(var + eps)"):
         compare(conv, None, *bn(channels))
     with suite.check("linear weights [C, C_in], also square ones",
                      hint="reshape the per-channel factor to [C, 1, ...] so it multiplies the rows, not the columns"):
@@ -693,16 +707,9 @@ def check_bn_fold_statistics(fn) -> None:
     suite = CheckSuite("bn_fold_statistics", CONTRACT)
     d = suite.draw
     ref = _reference("bn_fold_statistics")
-    tolerance = {"rtol": 1e-5, "atol": 1e-6}
 
-    def compare(conv_out, running_mean, running_var, training, parts=(0, 1)):
-        what, inputs = suite.label(conv_out, running_mean, running_var, training)
-        got = fn(conv_out, running_mean, running_var, training)
-        expected = ref(conv_out, running_mean, running_var, training)
-        expect_length(got, 2, what, inputs=inputs)
-        for index, part in enumerate(("the mean", "the variance")):
-            if index in parts:
-                expect_close(got[index], expected[index], f"{part} of {what}", inputs=inputs, **tolerance)
+    def compare(*args, parts=(0, 1)):
+        _expect_pair(suite, fn, args, ("the mean", "the variance"), parts)
 
     def running(channels):
         return d.normal(channels, std=0.3), d.rand(channels, low=0.2, high=2.0)
@@ -719,7 +726,8 @@ def check_bn_fold_statistics(fn) -> None:
     with suite.check("training: the batch's per-channel mean over N, H and W",
                      hint="reduce over every dim except dim 1 (the channels)"):
         compare(small, *running(channels), True, parts=(0,))
-        compare(batch(d.integer(4, 8), channels, d.integer(3, 6), d.integer(3, 6)), *running(channels), True, parts=(0,))
+        large = batch(d.integer(4, 8), channels, d.integer(3, 6), d.integer(3, 6))
+        compare(large, *running(channels), True, parts=(0,))
     with suite.check("training: the biased variance (divides by the count, like BatchNorm)",
                      hint="torch.var(..., unbiased=False) over N, H, W together: divide by N·H·W, not N·H·W - 1"):
         compare(small, *running(channels), True, parts=(1,))

@@ -2,18 +2,23 @@
 
     .venv/bin/python benchmarks/bench_qat.py [--threads 1] [--repeats 15] [--write]
 
-1. Operators, forward + backward on 1,000,000 float32 values (median of ``--repeats``):
+1. Operators, forward + backward on 1,000,000 float32 values (median of ``--repeats``, interleaved):
    ``fake_quantize_ste`` vs ``torch.fake_quantize_per_tensor_affine`` (both the clipped STE), and
    ``lsq_fake_quantize`` vs ``torch._fake_quantize_learnable_per_tensor_affine`` (both LSQ gradients).
 2. One training step (forward, backward, SGD) of the course CNN on a batch of 128 images: float; lowbit
-   ``prepare_qat`` W4A4 with LSQ activations and with PACT; torch.ao eager-mode QAT (``prepare_qat`` with the
-   default x86 qconfig: per-channel weight fake-quant, fake-quant after every conv/linear).
+   ``prepare_qat`` W4A4 with LSQ activations (the default), with PACT, and with BN folded into the quantized
+   convs (``fold_bn=True``: a second, float conv per layer for the batch statistics); torch.ao eager-mode QAT
+   (``prepare_qat`` with the default x86 qconfig: per-channel weight fake-quant, fake-quant after every
+   conv/linear). The models are timed in turn within each of ``--repeats`` rounds (interleaved), so the
+   ratios hold under a varying load; the median per model is reported.
 ``--write`` records the tables in benchmarks/RESULTS.md ("QAT").
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -26,8 +31,8 @@ from _timing import median_seconds
 from lowbit.quant import qat as Q
 
 
-def median_ms(fn: Callable[[], None], repeats: int) -> float:
-    return 1000 * median_seconds(fn, repeats, warmup=3)
+def median_ms(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
+    return 1000 * median_seconds(fn, repeats, warmup=warmup)
 
 
 def operator_rows(repeats: int) -> list[tuple[str, float, float]]:
@@ -48,8 +53,23 @@ def operator_rows(repeats: int) -> list[tuple[str, float, float]]:
     def torch_lsq() -> None:
         torch._fake_quantize_learnable_per_tensor_affine(x, step, zero, -8, 7, 1.0).backward(grad)
 
-    return [("fake quantization, clipped STE (4 bits)", median_ms(ours_ste, repeats), median_ms(torch_ste, repeats)),
-            ("LSQ, learned step (4 bits)", median_ms(ours_lsq, repeats), median_ms(torch_lsq, repeats))]
+    ms = interleaved_medians({"ours_ste": ours_ste, "torch_ste": torch_ste, "ours_lsq": ours_lsq,
+                              "torch_lsq": torch_lsq}, repeats)
+    return [("fake quantization, clipped STE (4 bits)", ms["ours_ste"], ms["torch_ste"]),
+            ("LSQ, learned step (4 bits)", ms["ours_lsq"], ms["torch_lsq"])]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median ms per function, the functions timed in turn within each of ``repeats`` rounds (after 3
+    warm-up calls each), so a change in the machine's load hits every one alike."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_ms(fn, 1, warmup=0))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def torch_ao_qat(model: torch.nn.Module) -> torch.nn.Module:
@@ -62,24 +82,28 @@ def torch_ao_qat(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def training_step_rows(repeats: int) -> list[tuple[str, float]]:
+    """Median ms of one training step per model, the models timed in turn within each round (interleaved,
+    so a change in the machine's load hits every row alike)."""
     lowbit.seed_everything(0)
     model = lowbit.models.pretrained("cnn").train()
     images, labels = next(iter(lowbit.data.loaders(batch_size=128, seed=0)[0]))
     models = {"float (no quantization)": model,
-              "lowbit prepare_qat W4A4, LSQ activations": Q.prepare_qat(model, 4, 4),
+              "lowbit prepare_qat W4A4, LSQ activations (default)": Q.prepare_qat(model, 4, 4),
               "lowbit prepare_qat W4A4, PACT activations": Q.prepare_qat(model, 4, 4, activation="pact"),
+              "lowbit prepare_qat W4A4, LSQ, BN folded (QATConvBn2d, batch statistics)":
+                  Q.prepare_qat(model, 4, 4, fold_bn=True),
               "torch.ao eager prepare_qat, x86 qconfig (8-bit)": torch_ao_qat(model)}
-    rows = []
+    steps = {}
     for name, candidate in models.items():
         optimizer = torch.optim.SGD(candidate.parameters(), lr=1e-4)
 
-        def step() -> None:
+        def step(candidate: torch.nn.Module = candidate, optimizer: torch.optim.Optimizer = optimizer) -> None:
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(candidate(images), labels).backward()
             optimizer.step()
 
-        rows.append((name, median_ms(step, repeats)))
-    return rows
+        steps[name] = step
+    return list(interleaved_medians(steps, repeats).items())
 
 
 def main() -> None:
@@ -101,8 +125,12 @@ def main() -> None:
     print(text)
     if args.write:
         write_section("QAT", f"`benchmarks/bench_qat.py --threads {args.threads} --write` ({time.strftime('%Y-%m-%d')}), "
-                      f"median of {args.repeats}, 2-core x86_64 VM. PyTorch's fused kernels are the peer: lowbit's "
-                      "operators are plain tensor code with a custom backward.\n\n" + text)
+                      f"median of {args.repeats}, timed interleaved, 2-core x86_64 VM (load average "
+                      f"{os.getloadavg()[0]:.1f} during the run: absolute times vary with the load, the ratios hold). "
+                      "PyTorch's fused kernels are the peer: lowbit's operators are plain tensor code with a custom "
+                      "backward. The default `prepare_qat` keeps BatchNorm after the quantized conv; `fold_bn=True` "
+                      "(what `train_qat`, the Lab 3 recipe, uses, and what deployment computes) adds a float conv per "
+                      "layer for the batch statistics (Jacob et al. 2018), hence its cost.\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -282,3 +282,78 @@ def test_freeze_ranges_counts_every_quantizer_parameter():
     assert all(p.requires_grad for p in qat.parameters())
     with pytest.raises(ValueError, match="steps_per_epoch"):
         Q.freeze_schedule(0)
+
+
+# ------------------------------------------------------------------------------------------ the recipe
+def test_first_last_policy_keeps_the_first_and_last_layer_at_eight_bits():
+    configs = Q.first_last_policy(small_cnn(), 2).resolve(small_cnn())
+    assert {name: c.w_bits for name, c in configs.items()} == {"0": 8, "3": 2, "8": 8}
+    assert Q.first_last_policy(small_cnn(), 2, None).resolve(small_cnn())["0"].w_bits == 2
+
+
+def test_prepare_recipe_puts_the_last_activation_at_first_last_bits_and_folds_bn():
+    qat = Q.prepare_recipe(small_cnn(), 2, 3)
+    activations = [m for m in qat.modules() if isinstance(m, Q.LSQQuantizer) and m.channel_dim is None]
+    assert [q.bits for q in activations] == [3, 8]
+    assert isinstance(qat[0], Q.QATConvBn2d) and qat[0].weight_quantizer.bits == 8 and qat[3].weight_quantizer.bits == 2
+    assert qat[8].weight_quantizer.bits == 8
+
+
+@pytest.mark.parametrize("method,outside_grad", [("ste", 1.0), ("clipped_ste", 0.0)])
+def test_fixed_range_methods_do_not_learn_steps_and_apply_their_input_gradient(method, outside_grad):
+    qat = Q.prepare_recipe(small_cnn(), 2, 2, method=method, fold_bn=False)
+    quantizer = qat[3].weight_quantizer
+    w = torch.tensor([[[[100.0]]]]).expand(6, 4, 3, 3).clone().requires_grad_()    # far outside the range
+    quantizer(w).sum().backward()
+    assert torch.all(w.grad == outside_grad)
+    assert quantizer.step.grad is None, "the fixed-range baselines keep their initial step"
+
+
+def test_train_qat_is_seeded_limits_batches_and_runs_the_freeze_schedule():
+    runs = [Q.train_qat(small_cnn(), 4, 4, epochs=2, fraction=0.5, loader=tiny_loader(), freeze_bn_after=1.0,
+                        progress=False) for _ in range(2)]
+    assert len(runs[0].losses) == 2 * 2                                 # ceil(0.5 * 4 batches) per epoch
+    assert runs[0].losses == runs[1].losses and not runs[0].diverged
+    assert bool(runs[0].model[0].bn_frozen) and not runs[0].model.training
+    assert runs[0].settings["fraction"] == 0.5 and runs[0].seconds > 0
+    with pytest.raises(ValueError, match="fraction"):
+        Q.train_qat(small_cnn(), 4, 4, fraction=0.0, loader=tiny_loader(), progress=False)
+    with pytest.raises(TypeError, match="unexpected"):
+        Q.train_qat(small_cnn(), 4, 4, loader=tiny_loader(), progress=False, weight_fn=None)
+
+
+def test_train_qat_trains_the_students_functions_when_given():
+    calls = {"fold": 0}
+
+    def fold_fn(*args):
+        calls["fold"] += 1
+        return Q.fold_batchnorm(*args)
+
+    Q.train_qat(small_cnn(), 4, 4, epochs=1, fraction=0.25, loader=tiny_loader(), progress=False, fold_fn=fold_fn)
+    assert calls["fold"] >= 2                                           # both folded convs, every batch
+
+
+def test_retarget_bits_moves_a_trained_model_down_keeping_first_and_last_at_eight():
+    qat = Q.prepare_recipe(small_cnn(), 8, 8)
+    qat(next(iter(tiny_loader()))[0])
+    middle = qat[3].weight_quantizer
+    clip = middle.step.detach() * 127
+    Q.retarget_bits(qat, 2, 2)
+    assert middle.bits == 2 and torch.allclose(middle.step.detach() * 1, clip)
+    assert qat[0].weight_quantizer.bits == 8 and qat[8].weight_quantizer.bits == 8
+    activations = [m for m in qat.modules() if isinstance(m, Q.LSQQuantizer) and m.channel_dim is None]
+    assert [q.bits for q in activations] == [2, 8]
+
+
+def test_ptq_baselines_use_the_same_layout_as_the_recipe():
+    images = next(iter(tiny_loader()))[0]
+    models = Q.ptq_baselines(small_cnn().eval(), 2, 2, images, observers=("minmax",), clips=("minmax", "mse"))
+    assert list(models) == ["minmax, minmax weights", "minmax, mse weights"]
+    bits = [q.bits for q in models["minmax, mse weights"].activation_quantizers()]
+    assert bits == [8, 2, 8]
+    assert models["minmax, minmax weights"](images).shape == (8, 3)
+
+
+def test_qat_run_reports_divergence():
+    run = Q.QATRun(nn.Linear(1, 1), [0.5, float("nan")], 1.0)
+    assert run.diverged and not Q.QATRun(nn.Linear(1, 1), [0.5], 1.0).diverged

@@ -262,3 +262,52 @@ def test_model_fold_batchnorm_reuses_the_reference_and_keeps_eval_outputs():
     w, b = Q.fold_batchnorm(model.conv1.weight, None, model.bn1.weight, model.bn1.bias, model.bn1.running_mean,
                             model.bn1.running_var, model.bn1.eps)
     assert torch.equal(folded.conv1.weight, w) and torch.equal(folded.conv1.bias, b)
+
+
+# ------------------------------------------------------------------------------------------ the fast paths
+def lsq_by_hand(x: torch.Tensor, s: torch.Tensor, q_min: int, q_max: int, rounding) -> tuple:
+    v = x / s
+    inside = (v >= q_min) & (v <= q_max)
+    codes = rounding(v).clamp(q_min, q_max)
+    return codes * s, inside.float(), codes - v * inside
+
+
+@pytest.mark.parametrize("rounding,fn", [("nearest", torch.round), ("floor", torch.floor)])
+@pytest.mark.parametrize("step_shape", [(), (4, 1)])
+def test_lsq_fast_and_general_backward_paths_equal_the_formula_on_the_bounds(rounding, fn, step_shape):
+    s = torch.full(step_shape, 0.25)
+    x = torch.cat([torch.tensor([-2.0, 1.75, -2.0625, 1.8125, 0.0, 0.125]).repeat(4, 1), data(4, 50)], dim=1)
+    xg, sg = x.clone().requires_grad_(), s.clone().requires_grad_()
+    upstream = data(4, 56, seed=7)
+    y = Q.lsq_fake_quantize(xg, sg, 4, grad_scale=0.5, rounding=rounding)
+    (y * upstream).sum().backward()
+    y_ref, d_x, d_s = lsq_by_hand(x, s, -8, 7, fn)
+    assert torch.equal(y.detach(), y_ref)
+    assert torch.equal(xg.grad, upstream * d_x)
+    assert torch.equal(xg.grad[:, :4] != 0, torch.tensor([True, True, False, False]).repeat(4, 1)), \
+        "v = -8 and v = 7 are inside (both bounds inclusive), one float beyond is outside"
+    assert torch.allclose(sg.grad, (upstream * d_s).sum_to_size(step_shape) * 0.5, rtol=1e-5, atol=1e-5)
+
+
+def test_lsq_half_precision_input_gradients():
+    x = data(300).half().requires_grad_()
+    s = torch.tensor(0.2, requires_grad=True)
+    Q.lsq_fake_quantize(x, s, 4).sum().backward()
+    assert x.grad.dtype == torch.float16 and s.grad.dtype == torch.float32 and torch.isfinite(s.grad)
+
+
+def test_pact_one_alpha_fast_path_equals_the_broadcast_formula_including_the_bounds():
+    x = torch.cat([torch.tensor([0.0, 3.0, -0.0, 3.0000002, -1e-7]), data(500, scale=3)])
+    alpha = torch.tensor(3.0)
+    upstream = data(505, seed=8)
+    fast_x, fast_a = x.clone().requires_grad_(), alpha.clone().requires_grad_()
+    wide_x, wide_a = x.clone().requires_grad_(), alpha.reshape(1).clone().requires_grad_()  # the general path
+    fast, wide = Q.pact_quantize(fast_x, fast_a, 3), Q.pact_quantize(wide_x, wide_a, 3)
+    assert torch.allclose(fast, wide, atol=1e-6)
+    (fast * upstream).sum().backward()
+    (wide * upstream).sum().backward()
+    assert torch.equal(fast_x.grad, wide_x.grad)
+    assert torch.equal(fast_x.grad[:5] != 0, torch.tensor([False, True, False, False, False]))
+    assert torch.allclose(fast_a.grad, wide_a.grad.reshape(()))
+    half = Q.pact_quantize(x.half().requires_grad_(), alpha, 3)
+    assert half.dtype == torch.float16

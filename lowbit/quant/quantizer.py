@@ -13,7 +13,7 @@ Lifecycle of a ``Quantizer``::
     q.freeze()                           # statistics -> qparams; from now on forward() fake-quantizes
     q.disable() / q.enable()             # identity while disabled (compare with the float model)
 
-Learnable parameters (LSQ's step, PACT's alpha, and later a learnable zero point, TTQ's two scales or
+Learnable parameters (LSQ's step, PACT's alpha, LSQ+'s zero point, and later TTQ's two scales or
 AdaRound's V) are ``nn.Parameter`` objects created in ``__init__`` or ``prepare`` and **never replaced**:
 data-dependent initialisation writes their values in place, so an optimizer built at any time after
 construction (``prepare`` for shapes that depend on the data) trains the very tensors forward() uses.

@@ -70,10 +70,14 @@ def grade_solution(lab: str, notebook: Path) -> float:
         released = REPO / "labs" / lab / f"{lab}.ipynb"   # a student's copy with the solution's answers
         (submissions / f"{lab}.ipynb").write_bytes(fill_answers(released.read_bytes(),
                                                                 solution_answers(notebook.read_bytes())))
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        env.pop("AUTOGRADER_SECRET", None)
+        out = Path(tmp) / "out"   # a fresh course secret there, as an instructor's first `autograder grade` needs
+        subprocess.run([sys.executable, "-m", "autograder", "secret", "--out", str(out)], check=True, cwd=REPO, env=env,
+                       stdout=subprocess.DEVNULL)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "autograder", "grade", lab, str(submissions.parent), "--out",
-                        str(Path(tmp) / "out"), "--jobs", "1", "--quiet"], check=True, cwd=REPO,
-                       env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
+                        str(out), "--jobs", "1", "--quiet"], check=True, cwd=REPO, env=env)
         elapsed = time.perf_counter() - start
         grades = (Path(tmp) / "out" / "grades.csv").read_text().splitlines()
         print(f"  grades.csv: {grades[1] if len(grades) > 1 else '(empty)'}")

@@ -118,7 +118,8 @@ class _Replay(_torch.autograd.Function):
         hit = ctx.table.get(_lookup_key([ctx.key, grad]))
         if hit is None:
             raise NotImplementedError("this upstream gradient is not in my table")
-        return (None, None, None, *[None if g is None else _lookup_decode(g, {}) for g in hit])
+        return (None, None, None, *[None if g is None or not needed else _lookup_decode(g, {})
+                                    for g, needed in zip(hit, ctx.needs_input_grad[3:])])
 
 
 def _lookup(table, args, kwargs, namespace):
@@ -192,8 +193,9 @@ def _recording_gradients(table: dict, key: str, value, tensors: list[torch.Tenso
         def backward(ctx, grad):
             found = iter(torch.autograd.grad(value, needed, grad, allow_unused=True, retain_graph=True))
             grads = [next(found) if t.requires_grad else None for t in tensors]
-            table[helpers["_lookup_key"]([key, grad])] = [None if g is None else helpers["_lookup_encode"](g)
-                                                         for g in grads]
+            slot = helpers["_lookup_key"]([key, grad])   # calls differing only in wrt share it: keep every gradient
+            known = table.get(slot, [None] * len(grads))
+            table[slot] = [old if g is None else helpers["_lookup_encode"](g) for old, g in zip(known, grads)]
             return tuple(grads)
 
     return Record.apply(*tensors)

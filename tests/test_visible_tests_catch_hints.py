@@ -95,7 +95,7 @@ NAMED = {
     "lab3_qat": [
         ("ste_round", "round half away from zero", "torch.round, not floor(x + 0.5)"),
         ("ste_round", "plain round (no straight-through gradient)", "torch.round alone has gradient 0"),
-        ("ste_round", "detach on the wrong term (gradient -1)", "keep `+ x` outside detach()"),
+        ("ste_round", "detach on the wrong term (gradient -1)", "keep `+ x` outside"),
         ("fake_quantize_ste", "zero point added before rounding", "then add Z = 1: add the zero"),
         ("fake_quantize_ste", "unclipped STE (gradient passes everywhere)",
          "clipped STE: 0 where round(x/S) + Z was clamped"),

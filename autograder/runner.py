@@ -12,6 +12,7 @@ import contextlib
 import io
 import hashlib
 import importlib
+import inspect
 import json
 import random
 import re
@@ -172,9 +173,14 @@ def student_exception(error: dict) -> BaseException:
 class Proxy:
     """Stands for a student's function on the trusted side; every call runs in the sandbox."""
 
-    def __init__(self, name: str, sandbox: Sandbox, events: list[str]) -> None:
+    def __init__(self, name: str, sandbox: Sandbox, events: list[str], parameters: Sequence[str] = ()) -> None:
         self._name, self._sandbox, self._events = name, sandbox, events
         self.__name__ = name
+        #: The student's parameter names (from the lab's contract), so test helpers that name inputs by
+        #: ``inspect.signature`` (e.g. ``assert_gradient_close``) say "x", not "argument 0".
+        self.__signature__ = inspect.Signature(
+            [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in parameters]) if parameters \
+            else None
 
     def __repr__(self) -> str:
         return f"<student function {self._name}>"
@@ -471,7 +477,8 @@ def _run_tests(plan: Plan, lab: Lab, mode: str, limits: Limits, sandbox_paths: t
                     or name not in plan.answer_names:  # only names the lab asks students to define
                 continue
             if kind == "callable":
-                namespace[name] = Proxy(name, sandbox, events)
+                graded = lab.contract.graded.get(name) if lab.contract is not None else None
+                namespace[name] = Proxy(name, sandbox, events, graded.parameters if graded else ())
             else:
                 reply = sandbox.request("get", name=name)
                 if reply.get("ok"):

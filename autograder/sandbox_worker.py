@@ -1,8 +1,8 @@
 """Sandbox worker: runs a student's setup + solution cells, then answers calls from the trusted grader.
 
 Runs INSIDE the sandbox (bubblewrap) as a standalone script; only the standard library, numpy, torch, the
-course package, ``wire`` and ``_vjp`` (both bound next to this file) are importable. Nothing this process says is trusted:
-the grader decodes every reply with ``wire.decode`` and decides all points itself.
+course package, ``wire`` and ``_vjp`` (both bound next to this file) are importable. Nothing this process says is
+trusted: the grader decodes every reply with ``wire.decode`` and decides all points itself.
 
 Protocol (JSON lines): the grader writes requests to our stdin and reads replies from the stdout we had at
 start (fd 1 is re-pointed to /dev/null before student code runs, so ``print`` cannot reach the grader).
@@ -35,7 +35,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wire  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_vjp = None  # the gradient module, imported once torch is on sys.path, before any student code runs (see main)
+_vjp = None  # the gradient module (see load_gradients)
+
+
+def load_gradients(only_if_torch_loaded: bool = False):
+    """Import ``_vjp`` once (it looks up torch's autograd entry points as it loads). Called before the first answer
+    cell runs when the setup cells have imported torch (every lab that grades gradients does; a worker that never
+    needs torch does not pay its import), else at the first gradient request."""
+    global _vjp
+    if _vjp is None and (not only_if_torch_loaded or "torch" in sys.modules):
+        _vjp = importlib.import_module("_vjp")
+    return _vjp
 
 TRIPWIRE_HITS: list[str] = []
 _MAGIC_LINE = re.compile(r"^(\s*)[%!]")
@@ -110,12 +120,17 @@ def describe_error(exc: BaseException) -> dict:
             "memory": isinstance(exc, MemoryError) or any(m in message for m in _MEMORY_ERROR)}
 
 
-def run_cells(cells: list[dict], namespace: dict, starting=lambda key: None) -> tuple[list[dict], dict[str, str]]:
-    """Execute cells in order, calling ``starting(key)`` before each (the grader times every cell);
-    returns per-cell outcome and the names the cells (re)bound."""
+def run_cells(cells: list[dict], namespace: dict, starting=lambda key: None,
+              before_answers=lambda: None) -> tuple[list[dict], dict[str, str]]:
+    """Execute cells in order, calling ``starting(key)`` before each (the grader times every cell) and
+    ``before_answers()`` before the first answer cell; returns per-cell outcome and the names the cells (re)bound."""
     results, defined = [], {}
+    answers_started = False
     for cell in cells:
         starting(cell["key"])
+        if cell.get("student") and not answers_started:
+            answers_started = True
+            before_answers()
         filename = f"<cell {cell['key']}>"
         source = strip_magics(cell["source"])
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -152,9 +167,8 @@ def serve(request: dict, namespace: dict) -> dict:
         kwargs = wire.decode(request.get("kwargs", {}))
         extra = {}
         if op == "grad":
-            value, gradients, (args, kwargs) = _vjp.differentiate(namespace[name], args, kwargs,
-                                                                  wire.decode(request.get("wrt")),
-                                                                  wire.decode(request.get("upstream")))
+            value, gradients, (args, kwargs) = load_gradients().differentiate(
+                namespace[name], args, kwargs, wire.decode(request.get("wrt")), wire.decode(request.get("upstream")))
             extra["gradients"] = [wire.encode(g) for g in gradients]
         else:
             value = namespace[name](*args, **kwargs)
@@ -185,12 +199,11 @@ def main() -> None:
 
     init = wire.loads(proto_in.readline())
     sys.path[:0] = init.get("sys_path", [])
-    global _vjp
-    _vjp = importlib.import_module("_vjp")  # looks up torch's autograd entry points now, before the cells run
     install_tripwires(init.get("protected", []))
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     sys.stdout = BoundedText()
-    cells, names = run_cells(init["cells"], namespace, lambda key: reply({"event": "cell", "key": key}))
+    cells, names = run_cells(init["cells"], namespace, lambda key: reply({"event": "cell", "key": key}),
+                             lambda: load_gradients(only_if_torch_loaded=True))
     reply({"event": "ready", "cells": cells, "names": names})
     for line in proto_in:
         request = wire.loads(line)

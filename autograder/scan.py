@@ -25,6 +25,9 @@ WORKER_REACHES = {
     "get_objects": "the garbage collector (gc.get_objects)",
     "TRIPWIRE_HITS": "the worker's tripwire log",
 }
+#: Module names of the worker's own code (as strings, e.g. ``sys.modules["_vjp"]``).
+WORKER_MODULES = {"__main__": WORKER_REACHES["__main__"], "sandbox_worker": WORKER_REACHES["sandbox_worker"],
+                  "_vjp": "the worker's gradient module (_vjp)"}
 
 
 def _parse(source: str) -> ast.Module | None:
@@ -132,10 +135,10 @@ def _reach(node: ast.AST) -> str | None:
         if isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
         for name in names:
-            if name.split(".")[0] in ("__main__", "sandbox_worker", "wire"):
+            if name.split(".")[0] in ("__main__", "sandbox_worker", "wire", "_vjp"):
                 return f"the worker's own module ({name})"
-    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in ("__main__", "sandbox_worker"):
-        return WORKER_REACHES[node.value]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in WORKER_MODULES:
+        return WORKER_MODULES[node.value]
     return None
 
 

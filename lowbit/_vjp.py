@@ -11,9 +11,10 @@ result; otherwise ``upstream`` is a float tensor of the result's shape, or, for 
 tuple/list of the same length whose items are such tensors or None (no contribution from that item).
 
 Standard library and torch only, and no import of the rest of the package: the grader binds this file into the
-sandbox next to its worker (as it binds ``wire``) and the worker imports it before any student code runs. The
-torch entry points used below are looked up once, at import, so a student cell that later replaces
-``torch.autograd.grad`` or ``Tensor.backward`` does not change what the worker computes. (That is convenience,
+sandbox next to its worker (as it binds ``wire``); the worker imports it before the first answer cell runs when
+the lab's setup cells have imported torch (else at the first gradient request). The torch entry points used below
+are looked up once, at import, so a student cell that later replaces ``torch.autograd.grad`` or
+``Tensor.backward`` does not change what the worker computes. (That is convenience,
 not the defence: the trusted side compares the returned gradients with the reference's VJP against an upstream
 drawn from the course secret; see the instructor guide's trust model.)
 """

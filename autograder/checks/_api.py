@@ -353,5 +353,6 @@ def expect_gradients(fn: Callable, reference: Callable, *args: Any, wrt: Sequenc
     for position, got, want in zip(wrt, got_grads, want_grads, strict=True):
         name = position if isinstance(position, str) else \
             names[position] if position < len(names) else f"argument {position}"
-        expect_close(got, want, f"{what}: gradient ∂⟨upstream, result⟩/∂{name}", rtol=rtol, atol=atol, inputs=shown)
+        expect_close(got, want, f"{what}: gradient ∂⟨upstream, result⟩/∂{name}", rtol=rtol, atol=atol,
+                     inputs=shown)
     return got_grads

@@ -28,8 +28,9 @@ CALLS = {
     "channel_range_boxplot": "viz.linear.channel_range_boxplot(model)",
     "kmeans_explorer": "viz.kmeans.kmeans_explorer(weights, iters=5)",
     "ste_explorer": "viz.qat.ste_explorer()",
+    "training_curves": "viz.qat.training_curves({'W4A4': [2.0, 1.0, 0.5]}, window=2)",
 }
-NOT_PLOTS = {"has_widget_frontend", "uniform_levels", "lsq_raw"}
+NOT_PLOTS = {"has_widget_frontend", "uniform_levels", "lsq_raw", "smoothed"}
 
 
 def test_every_plot_helper_is_listed():

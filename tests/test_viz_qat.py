@@ -1,6 +1,8 @@
 """lowbit.viz.qat: drive the STE explorer's controls and check the gradients it shows."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -64,12 +66,14 @@ def test_smoothed_is_a_trailing_mean_that_keeps_nan_visible():
 
 def test_training_curves_plots_every_run_and_marks_nan(capsys):
     losses = {"W4A4": [2.0, 1.0, 0.5, 0.4], "W2A2 from scratch": [2.3, float("nan"), float("nan"), 2.3]}
-    figure = viz.training_curves(losses, window=2, reference=2.302585, show=False)
-    ax = figure.axes[0]
+    curves = viz.training_curves(losses, window=2, reference=2.302585, show=False)
+    ax = curves.figure.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["W4A4", "W2A2 from scratch (NaN)", "2.3"]
     smooth_w4 = torch.as_tensor(ax.lines[1].get_ydata())
     assert torch.allclose(smooth_w4, torch.tensor([2.0, 1.5, 0.75, 0.45], dtype=torch.float64))
+    assert curves.final["W4A4"] == pytest.approx(0.45)
+    assert math.isnan(curves.final["W2A2 from scratch"]), "the last window holds a NaN loss"
     with pytest.raises(ValueError, match="at least one run"):
         viz.training_curves({}, show=False)
     with pytest.raises(ValueError, match="no losses"):

@@ -22,7 +22,7 @@ from lowbit.quant.linear import quantized_range
 from lowbit.quant.qat import lsq_fake_quantize
 from lowbit.viz.linear import Explorer, _finish, has_widget_frontend
 
-__all__ = ["ste_explorer", "lsq_raw", "training_curves", "smoothed"]
+__all__ = ["ste_explorer", "lsq_raw", "training_curves", "smoothed", "TrainingCurves"]
 
 QuantizeFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -142,16 +142,31 @@ def smoothed(values: Sequence[float], window: int) -> torch.Tensor:
     return torch.where(bad - shifted(bad) > 0, torch.full_like(mean, math.nan), mean)
 
 
+class TrainingCurves:
+    """What ``training_curves`` returns: ``.figure`` and ``.final`` (label → last smoothed loss). It was displayed
+    by the call already, so as a cell's last value it shows nothing more."""
+
+    def __init__(self, figure: plt.Figure, final: dict[str, float]) -> None:
+        self.figure, self.final = figure, final
+
+    def _ipython_display_(self) -> None:   # the call displayed the figure; a bare call shows nothing more
+        return None
+
+    def __repr__(self) -> str:
+        return "TrainingCurves(" + ", ".join(f"{label}: {loss:.3g}" for label, loss in self.final.items()) + ")"
+
+
 def training_curves(curves: Mapping[str, Sequence[float]], window: int = 8, reference: float | None = None,
-                    title: str = "QAT training loss", show: bool = True) -> plt.Figure:
+                    title: str = "QAT training loss", show: bool = True) -> TrainingCurves:
     """Per-batch training losses of several runs, ``{label: losses}``, smoothed over ``window`` batches (the raw
     losses faint behind). ``reference``: a horizontal line (e.g. ln 10, the loss of a uniform guess over 10
-    classes). Runs with NaN losses are marked "NaN" in the legend. Displayed once when ``show``; returns the figure
-    (closed, so it is not shown twice)."""
+    classes). Runs with NaN losses are marked "NaN" in the legend. Displayed once when ``show``; returns a
+    ``TrainingCurves`` (its figure closed, so it is not shown twice)."""
     if not curves:
         raise ValueError("training_curves needs at least one run")
     with plt.ioff():
         figure, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    final = {}
     for i, (label, losses) in enumerate(curves.items()):
         raw = torch.as_tensor(list(losses), dtype=torch.float64)
         if raw.numel() == 0:
@@ -159,8 +174,9 @@ def training_curves(curves: Mapping[str, Sequence[float]], window: int = 8, refe
         steps = torch.arange(1, raw.numel() + 1).numpy()
         has_nan = not bool(torch.isfinite(raw).all())
         ax.plot(steps, raw.numpy(), color=f"C{i}", alpha=0.2, linewidth=0.8)
-        ax.plot(steps, smoothed(raw.tolist(), window).numpy(), color=f"C{i}", linewidth=1.6,
-                label=f"{label} (NaN)" if has_nan else label)
+        smooth = smoothed(raw.tolist(), window)
+        final[label] = float(smooth[-1])
+        ax.plot(steps, smooth.numpy(), color=f"C{i}", linewidth=1.6, label=f"{label} (NaN)" if has_nan else label)
     if reference is not None:
         ax.axhline(reference, color="0.4", linestyle="dotted", linewidth=1.0, label=f"{reference:.3g}")
     ax.set_xlabel("batch")
@@ -170,4 +186,4 @@ def training_curves(curves: Mapping[str, Sequence[float]], window: int = 8, refe
     if show:
         display(figure)
     plt.close(figure)
-    return figure
+    return TrainingCurves(figure, final)

@@ -159,8 +159,7 @@ upstream = torch.tensor([1.0, -2.0, 3.0, 0.5, 4.0, -1.0])
 assert_close(ste_round(x), torch.tensor([-2.0, -0.0, 0.0, 0.0, 2.0, 2.0]), "ste_round(x)", atol=0, inputs={"x": x},
              hint="halves round to the even neighbour: torch.round, not floor(x + 0.5)")
 assert_gradient_close(ste_round, x, wrt=[0], upstream=upstream, expected=[upstream], what="ste_round(x)", atol=0,
-                      hint="the gradient must pass unchanged: torch.round alone has gradient 0; keep `+ x` outside "
-                           "detach()")
+                      hint="the gradient must pass unchanged: torch.round alone has gradient 0; keep `+ x` outside detach()")
 assert_dtype(ste_round(x.half()), torch.float16, "ste_round of a float16 tensor keeps float16")
 assert_not_modified(ste_round, x)
 ### BEGIN HIDDEN TESTS

@@ -17,17 +17,27 @@ regularization weight 0.01), the paper's too.
 """
 from __future__ import annotations
 
+import copy
 import math
+import time
+from collections.abc import Callable, Mapping
 from numbers import Real
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from lowbit.quant.equalize import check_folded, layer_chain
+from lowbit.quant.granularity import per_channel_qparams
+from lowbit.quant.graded import LAB5_REFERENCES, check_functions, resolve_function
+from lowbit.quant.modules import capture
 from lowbit.quant.validate import (check_bits, check_choice, check_float_tensor, check_int, check_positive_int,
                                    quantized_range, scale_tensor)
 
 __all__ = ["ZETA", "GAMMA", "BETA_RANGE", "WARM_START", "REG_WEIGHT", "ACTIVATIONS", "rectified_sigmoid", "init_v",
-           "rounding_regularizer", "beta_schedule", "adaround_layer"]
+           "rounding_regularizer", "beta_schedule", "adaround_layer", "adaround_model", "layer_rows",
+           "activation_after", "ITERATIONS", "LR", "BATCH_SIZE", "MAX_ROWS", "CALIBRATION_IMAGES",
+           "SECONDS_ATTRIBUTE"]
 
 ZETA = 1.1
 GAMMA = -0.1
@@ -36,6 +46,16 @@ WARM_START = 0.2
 REG_WEIGHT = 0.01
 #: What follows a layer: its reconstruction target is measured after it.
 ACTIVATIONS = ("relu", "none")
+#: ``adaround_model``'s tuned defaults for the course CNN on one CPU thread (``benchmarks/bench_lab5_accuracy.py``
+#: measured accuracy against iterations; see README "Lab 5"): Adam steps per layer, learning rate, rows per
+#: step, rows kept per layer (im2col patches drawn once, seeded) and the calibration images the lab passes.
+ITERATIONS = 1000
+LR = 1e-2
+BATCH_SIZE = 256
+MAX_ROWS = 65536
+CALIBRATION_IMAGES = 512
+#: ``adaround_model`` records ``{layer name: seconds}`` on the model it returns under this attribute.
+SECONDS_ATTRIBUTE = "adaround_seconds"
 
 
 def _stretch(zeta: object, gamma: object) -> tuple[float, float]:
@@ -194,21 +214,124 @@ def adaround_layer(weight: Tensor, scale: Tensor, inputs: Tensor, targets: Tenso
             raise ValueError(f"bias must have shape [{out_channels}], got {tuple(b.shape)}")
     q_min, q_max = quantized_range(bits, signed=True)
     base = torch.floor(w / s)
-    v = init_v(w, s.reshape(-1) if s.ndim else s).requires_grad_(True)
-    optimizer = torch.optim.Adam([v], lr=float(lr))
-    generator = torch.Generator().manual_seed(seed)
-    warm = WARM_START * iterations
-    for step in range(iterations):
-        rows = torch.randint(x.shape[0], (batch_size,), generator=generator)
-        w_soft = s * torch.clamp(base + _soft(v, ZETA, GAMMA), q_min, q_max)
-        out = torch.nn.functional.linear(x[rows], w_soft, b)
-        if activation == "relu":
-            out = torch.relu(out)
-        loss = (out - t[rows]).pow(2).mean()
-        if step >= warm and reg_weight > 0:
-            loss = loss + reg_weight * rounding_regularizer(v, beta_schedule(step, iterations))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with torch.enable_grad():                          # also when called under torch.no_grad()
+        v = init_v(w, s.reshape(-1) if s.ndim else s).requires_grad_(True)
+        optimizer = torch.optim.Adam([v], lr=float(lr))
+        generator = torch.Generator().manual_seed(seed)
+        warm = WARM_START * iterations
+        for step in range(iterations):
+            rows = torch.randint(x.shape[0], (batch_size,), generator=generator)
+            w_soft = s * torch.clamp(base + _soft(v, ZETA, GAMMA), q_min, q_max)
+            out = torch.nn.functional.linear(x[rows], w_soft, b)
+            if activation == "relu":
+                out = torch.relu(out)
+            loss = (out - t[rows]).pow(2).mean()
+            if step >= warm and reg_weight > 0:
+                loss = loss + reg_weight * rounding_regularizer(v, beta_schedule(step, iterations))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     with torch.no_grad():
         return torch.clamp(base + (v >= 0).to(torch.float32), q_min, q_max).to(torch.int64)
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+def activation_after(model: nn.Module, name: str) -> str:
+    """``"relu"`` when the first module after layer ``name`` in registration order (identities — folded
+    BatchNorms — skipped) is an ``nn.ReLU``, else ``"none"``: where the layer's reconstruction is measured."""
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    names = [n for n, _ in leaves]
+    if name not in names:
+        raise ValueError(f"{name!r} is not a layer of this model")
+    for _, module in leaves[names.index(name) + 1:]:
+        if isinstance(module, nn.Identity):
+            continue
+        return "relu" if isinstance(module, nn.ReLU) else "none"
+    return "none"
+
+
+def layer_rows(layer: nn.Module, inputs: Tensor, outputs: Tensor) -> tuple[Tensor, Tensor]:
+    """A layer's inputs and outputs as the rows of one matrix product: ``([R, K], [R, C_out])``.
+
+    Conv2d: im2col (``F.unfold`` with the layer's kernel, dilation, padding and stride): every output position
+    of every image is a row, K = C_in·kh·kw in the order of ``weight.reshape(C_out, -1)``. Linear: every
+    leading index is a row. Float32.
+    """
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise ValueError("layer_rows supports Conv2d with numeric zero padding only")
+        patches = nn.functional.unfold(inputs, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        x = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        y = outputs.flatten(2).transpose(1, 2).reshape(-1, outputs.shape[1])
+        return x, y
+    if isinstance(layer, nn.Linear):
+        return inputs.reshape(-1, inputs.shape[-1]), outputs.reshape(-1, outputs.shape[-1])
+    raise TypeError(f"layer_rows supports Conv2d and Linear layers, got {type(layer).__name__}")
+
+
+def adaround_model(model: nn.Module, w_bits: int, calib: Tensor, iterations: int = ITERATIONS,
+                   functions: Mapping[str, Callable] | None = None, first_last_bits: int | None = None,
+                   progress: bool = True, lr: float = LR, batch_size: int = BATCH_SIZE, reg_weight: float = REG_WEIGHT,
+                   max_rows: int | None = MAX_ROWS, seed: int = 0) -> nn.Module:
+    """AdaRound every layer of a BatchNorm-folded chain in turn (Nagel et al. 2020, §5), weights only.
+
+    Args:
+        model: BatchNorm-folded float model (the course CNN after ``fold_batchnorm``, possibly
+            ``equalize_model``-ed), unchanged.
+        w_bits: weight bits (2..16), symmetric per output channel (``per_channel_qparams``'s scales).
+        calib: calibration images float32 ``[N, 1, 28, 28]`` (the lab: ``CALIBRATION_IMAGES`` from the
+            embedded training set, ``lowbit.data.calibration_batch``).
+        iterations, lr, batch_size, reg_weight: ``adaround_layer``'s, for every layer.
+        functions: the student's ``adaround_layer`` (any Lab 5 name, ``lowbit.quant.graded``); missing → the
+            reference.
+        first_last_bits: None (every layer at ``w_bits``) or the bits of the first and last layer (8).
+        max_rows: at most this many rows (im2col patches) per layer, drawn once with ``seed`` (None: all).
+        progress: a tqdm bar over the layers. seed: for the row draws and every layer's ``adaround_layer``.
+    Returns:
+        a copy of ``model`` whose layers hold ``scale · q`` (dequantized float32), with
+        ``adaround_seconds`` (``SECONDS_ATTRIBUTE``): ``{layer: seconds spent}``.
+
+    Layer by layer, in order: the layer's inputs come from the copy, whose earlier layers are already
+    AdaRounded (their rounding errors are what this layer must compensate); its targets are the float
+    model's outputs after the layer's activation (``activation_after``: ReLU for the CNN's convs, none for
+    ``fc``). Both are turned into rows of one product by ``layer_rows`` (im2col for convs).
+    """
+    check_folded(model, "adaround_model")
+    w_bits = check_bits(w_bits, low=2, high=16, name="w_bits")
+    if first_last_bits is not None:
+        first_last_bits = check_bits(first_last_bits, low=2, high=16, name="first_last_bits")
+    calib = check_float_tensor(calib, "calib", nonempty=True, finite=True).detach()
+    if max_rows is not None:
+        max_rows = check_positive_int(max_rows, "max_rows")
+    chosen = check_functions(functions, LAB5_REFERENCES)
+    layer_fn = resolve_function(chosen, "adaround_layer", LAB5_REFERENCES)
+    float_model = copy.deepcopy(model).eval()
+    rounded = copy.deepcopy(model).eval()
+    layers = layer_chain(rounded)
+    names = list(layers)
+    seconds: dict[str, float] = {}
+    for index, name in enumerate(tqdm(names, desc=f"AdaRound W{w_bits}", disable=not progress, leave=False)):
+        started = time.perf_counter()
+        layer = layers[name]
+        bits = first_last_bits if first_last_bits is not None and index in (0, len(names) - 1) else w_bits
+        inputs = capture(rounded, calib, layers=[name], outputs=False)[name].inputs
+        outputs = capture(float_model, calib, layers=[name], inputs=False)[name].outputs
+        activation = activation_after(model, name)
+        x, y = layer_rows(layer, inputs, torch.relu(outputs) if activation == "relu" else outputs)
+        if max_rows is not None and x.shape[0] > max_rows:
+            keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_rows]
+            x, y = x[keep], y[keep]
+        weight = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.float32)
+        scale = per_channel_qparams(weight, bits).reshape(-1)
+        bias = None if layer.bias is None else layer.bias.detach()
+        q = layer_fn(weight, scale, x, y, bits, bias=bias, activation=activation, iterations=iterations, lr=lr,
+                     reg_weight=reg_weight, batch_size=batch_size, seed=seed)
+        if not isinstance(q, Tensor) or tuple(q.shape) != tuple(weight.shape):
+            got = tuple(q.shape) if isinstance(q, Tensor) else type(q).__name__
+            raise ValueError(f"adaround_layer returned {got} for {name}; it must return the integer weights "
+                             f"[C_out, K] = {tuple(weight.shape)}")
+        with torch.no_grad():
+            layer.weight.copy_((scale[:, None] * q.to(torch.float32)).reshape(layer.weight.shape))
+        seconds[name] = time.perf_counter() - started
+    setattr(rounded, SECONDS_ATTRIBUTE, seconds)
+    return rounded

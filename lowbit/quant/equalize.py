@@ -25,19 +25,20 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from lowbit.quant.graded import check_functions, resolve_function
+from lowbit.quant.graded import LAB5_REFERENCES, check_functions, resolve_function
 from lowbit.quant.modules import quantizable_layers
 from lowbit.quant.validate import check_float_tensor, check_positive_int
 
-__all__ = ["equalization_scales", "equalize_pair", "equalize_model", "channel_ranges", "FUNCTION_MODULES",
-           "MAX_SWEEPS", "TOLERANCE"]
+__all__ = ["equalization_scales", "equalize_pair", "equalize_model", "channel_ranges", "layer_chain",
+           "check_folded", "MAX_SWEEPS", "TOLERANCE", "SCALES_ATTRIBUTE"]
 
-#: The graded functions ``equalize_model`` calls → the module of each reference (resolved by name, lazily).
-FUNCTION_MODULES = {"equalization_scales": "lowbit.quant.equalize", "equalize_pair": "lowbit.quant.equalize"}
 #: ``equalize_model`` repeats its sweep over the pairs until every scale of a sweep is within ``TOLERANCE`` of 1
 #: (a middle layer belongs to two pairs, so equalizing one disturbs the other), at most ``MAX_SWEEPS`` times.
 MAX_SWEEPS = 50
 TOLERANCE = 1e-4
+#: ``equalize_model`` records on the model it returns, under this attribute, ``{layer name: s}``: the product
+#: of the scales that divided each layer's output channels (``correct_biases`` rescales BN statistics by it).
+SCALES_ATTRIBUTE = "equalization_scales"
 
 
 def _weight(w: object, name: str, min_dims: int) -> Tensor:
@@ -118,3 +119,80 @@ def equalize_pair(w1: Tensor, b1: Tensor | None, w2: Tensor, scales: Tensor | No
     b1_new = None if b1 is None else (b1.to(torch.float32) / s).to(b1.dtype)
     w2_new = (w2.to(torch.float32) * _channel_view(s, w2.ndim, 1)).to(w2.dtype)
     return w1_new, b1_new, w2_new
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+def check_folded(model: nn.Module, what: str) -> None:
+    """ValueError unless ``model`` has no BatchNorm left (``lowbit.models.fold_batchnorm`` first): rescaling a
+    conv's output channels in front of a BatchNorm would be undone by it."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"{what} needs a BatchNorm-folded model: fold it first with "
+                         f"lowbit.models.fold_batchnorm(model)")
+
+
+def layer_chain(model: nn.Module) -> dict[str, nn.Module]:
+    """The quantizable layers of ``model`` in module order (``quantizable_layers``), read as a chain: each
+    layer's input is the previous one's output after positively homogeneous operations only (ReLU, max
+    pooling, flatten), as in the course CNN (conv1 → conv2 → conv3 → fc). Conv layers must have groups = 1."""
+    layers = quantizable_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Conv / Linear layer")
+    for name, layer in layers.items():
+        if getattr(layer, "groups", 1) != 1:
+            raise ValueError(f"layer {name!r} is a grouped conv (groups={layer.groups}); only groups=1 is supported")
+    return layers
+
+
+def _second_weight(first: nn.Module, second: nn.Module, names: tuple[str, str]) -> Tensor:
+    """The second layer's weight with its input channels on axis 1 matching the first's outputs (a linear
+    layer after flatten: ``[D, C·h·w]`` → ``[D, C, h·w]``)."""
+    channels, w2 = first.weight.shape[0], second.weight.detach()
+    if w2.shape[1] == channels:
+        return w2
+    if w2.ndim == 2 and w2.shape[1] % channels == 0:
+        return w2.reshape(w2.shape[0], channels, -1)
+    raise ValueError(f"{names[1]!r} takes {w2.shape[1]} inputs, not a multiple of the {channels} output channels of "
+                     f"{names[0]!r}: the layers do not form a chain")
+
+
+def equalize_model(model: nn.Module, functions: Mapping[str, Callable] | None = None,
+                   max_sweeps: int = MAX_SWEEPS, tolerance: float = TOLERANCE) -> nn.Module:
+    """Cross-layer equalization of every consecutive pair of a BatchNorm-folded chain (``layer_chain``).
+
+    Each sweep equalizes the pairs in order (layer k → k + 1) with ``equalize_pair(w1, b1, w2,
+    equalization_scales(w1, w2))``; a middle layer belongs to two pairs, so the sweep repeats until every
+    scale is within ``tolerance`` of 1 or ``max_sweeps`` sweeps ran (Nagel et al. 2019 iterate the same way).
+    The returned copy computes the same function (up to float rounding) and records, as the attribute
+    ``equalization_scales`` (``SCALES_ATTRIBUTE``), each layer's total scale ``{name: float32 [C_out]}`` (its
+    output channels were divided by it). ``functions``: the student's ``equalization_scales`` /
+    ``equalize_pair`` (any Lab 5 name, ``lowbit.quant.graded``); missing → the references. ``model`` is
+    unchanged.
+    """
+    check_folded(model, "equalize_model")
+    chosen = check_functions(functions, LAB5_REFERENCES)
+    scales_fn = resolve_function(chosen, "equalization_scales", LAB5_REFERENCES)
+    pair_fn = resolve_function(chosen, "equalize_pair", LAB5_REFERENCES)
+    max_sweeps = check_positive_int(max_sweeps, "max_sweeps")
+    equalized = copy.deepcopy(model).eval()
+    layers = layer_chain(equalized)
+    names = list(layers)
+    totals = {name: torch.ones(layer.weight.shape[0]) for name, layer in layers.items()}
+    with torch.no_grad():
+        for _ in range(max_sweeps):
+            largest = 0.0
+            for first_name, second_name in zip(names, names[1:]):
+                first, second = layers[first_name], layers[second_name]
+                w1, w2 = first.weight.detach(), _second_weight(first, second, (first_name, second_name))
+                b1 = None if first.bias is None else first.bias.detach()
+                s = torch.as_tensor(scales_fn(w1, w2), dtype=torch.float32)
+                w1_new, b1_new, w2_new = pair_fn(w1, b1, w2, s)
+                first.weight.copy_(w1_new)
+                if b1 is not None:
+                    first.bias.copy_(b1_new)
+                second.weight.copy_(w2_new.reshape(second.weight.shape))
+                totals[first_name] = totals[first_name] * s
+                largest = max(largest, float((s - 1).abs().max()))
+            if largest < tolerance:
+                break
+    setattr(equalized, SCALES_ATTRIBUTE, totals)
+    return equalized

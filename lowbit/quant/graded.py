@@ -13,7 +13,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 
-__all__ = ["check_functions", "resolve_function"]
+__all__ = ["LAB5_REFERENCES", "check_functions", "resolve_function"]
+
+#: Lab 5's graded functions → the module of each reference. Every Lab 5 pipeline accepts any of these names
+#: (one ``functions`` dict of the student's answers fits ``equalize_model``, ``correct_biases`` and
+#: ``adaround_model`` alike) and uses those it needs.
+LAB5_REFERENCES = {
+    "equalization_scales": "lowbit.quant.equalize", "equalize_pair": "lowbit.quant.equalize",
+    "expected_relu_input": "lowbit.quant.bias_correction", "corrected_bias": "lowbit.quant.bias_correction",
+    "rectified_sigmoid": "lowbit.quant.adaround", "init_v": "lowbit.quant.adaround",
+    "rounding_regularizer": "lowbit.quant.adaround", "beta_schedule": "lowbit.quant.adaround",
+    "adaround_layer": "lowbit.quant.adaround",
+}
 
 
 def check_functions(functions: Mapping[str, Callable] | None, known: Mapping[str, str]) -> dict[str, Callable]:

@@ -443,7 +443,10 @@ def test_unpack_signs_refuses_a_word_count_that_does_not_match_n():
 def test_popcount_matches_python_bin_count_on_negative_and_extreme_words():
     x = torch.randint(-2**63, 2**63 - 1, (40, 3), generator=torch.Generator().manual_seed(0), dtype=torch.int64)
     x[0, :3] = torch.tensor([0, -1, -2**63])
+    original = x.clone()
     counts = B.popcount(x)
+    assert torch.equal(x, original), "popcount must not change its input"
+    assert int(B.popcount(torch.tensor(2**62 + 5))) == 3                          # 0-dim
     assert counts.dtype == torch.int64 and counts.shape == (40, 3)
     assert counts.tolist() == [[bin(v & (2**64 - 1)).count("1") for v in row] for row in x.tolist()]
     assert counts[0].tolist() == [0, 64, 1]

@@ -256,8 +256,8 @@ def ttq_quantize(w: Tensor, w_p: Tensor, w_n: Tensor, t: float = 0.05) -> Tensor
 # ------------------------------------------------------------------------------------------ packed signs
 _BYTE_WEIGHTS = 2 ** torch.arange(8, dtype=torch.int64)
 _BIT_POSITIONS = torch.arange(WORD_BITS, dtype=torch.int64)
-#: popcount of every byte value 0..255.
-_BYTE_TABLE = (torch.arange(256, dtype=torch.int64)[:, None].bitwise_right_shift(torch.arange(8)) & 1).sum(1)
+#: SWAR masks (binary 0101…, 0011…, 00001111…) and the byte-summing multiplier of ``popcount``.
+_M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 
 
 def _words(n: int) -> int:
@@ -295,19 +295,30 @@ def unpack_signs(words: Tensor, n: int) -> Tensor:
 
 
 def popcount(x: Tensor) -> Tensor:
-    """Number of set bits of each int64 of ``x`` (any shape), as int64 of the same shape (0..64).
+    """Number of set bits of each int64 of ``x`` (any shape), as int64 of the same shape (0..64); ``x`` untouched.
 
-    Vectorized with a byte table: the 8 bytes of each word (``x.view(torch.uint8)``) are looked up and summed.
+    Vectorized SWAR ("SIMD within a register", Hacker's Delight §5-1): count the bits of every 2-bit field,
+    then of every 4-bit field, then of every byte, with shifts and masks on the whole tensor; multiplying the
+    byte counts by 0x0101010101010101 adds all eight into the top byte (the product wraps modulo 2^64, only
+    that byte is kept). ``benchmarks/bench_xnor.py`` measures it against a byte-table lookup on
+    ``x.view(torch.uint8)`` and other formulations.
     """
     x = check_int_tensor(x, "x")
     if x.dtype != torch.int64:
         raise TypeError(f"popcount takes int64 words (from pack_signs), got {x.dtype}")
-    flat = x.reshape(-1).contiguous().view(torch.uint8).to(torch.int64)
-    return _BYTE_TABLE.to(x.device)[flat].reshape(-1, 8).sum(dim=1).reshape(x.shape)
+    counts = x - ((x >> 1) & _M1)                    # each 2-bit field: how many of its 2 bits are set
+    upper = counts >> 2
+    counts &= _M2
+    counts += upper.bitwise_and_(_M2)                # each 4-bit field: 0..4
+    counts += counts >> 4
+    counts &= _M4                                    # each byte: 0..8
+    counts *= _H01                                   # top byte = sum of the eight bytes
+    return counts.bitwise_right_shift_(56)
 
 
-#: Elements of the ``[block, N, W]`` XOR temporary of ``xnor_matmul`` (about 32 MB of int64).
-_BLOCK_ELEMENTS = 1 << 22
+#: Elements of the ``[block, N, W]`` XOR temporary of ``xnor_matmul``: 2^17 int64 = 1 MB, so the SWAR passes
+#: of ``popcount`` stay in the L2 cache (``benchmarks/bench_xnor.py --blocks`` compares other sizes).
+_BLOCK_ELEMENTS = 1 << 17
 
 
 def xnor_matmul(a: Tensor, b: Tensor, n: int) -> Tensor:
@@ -316,7 +327,7 @@ def xnor_matmul(a: Tensor, b: Tensor, n: int) -> Tensor:
     ``a``: int64 ``[M, W]`` = ``pack_signs(A)`` of a float ``[M, n]``; ``b``: int64 ``[N, W]`` =
     ``pack_signs(B)`` of ``[N, n]``; ``W`` must be ceil(n / 64). Returns int64 ``[M, N]``, exactly the ±1 dot
     products (matching signs count +1, differing ones −1; the zero padding bits agree and cancel out). Works in
-    blocks of rows of ``a`` so the ``[block, N, W]`` temporary stays near 2^22 elements.
+    blocks of rows of ``a`` so the ``[block, N, W]`` temporary stays near 2^17 elements (1 MB).
     """
     a, b = check_int_tensor(a, "a"), check_int_tensor(b, "b")
     n = check_int(n, "n", low=1)

@@ -484,12 +484,24 @@ def test_xnor_matmul_extremes_and_several_row_blocks(monkeypatch):
 @pytest.mark.parametrize("a,b,n,message", [
     (torch.zeros(3, 2, dtype=torch.int64), torch.zeros(4, 2, dtype=torch.int64), 64, "ceil"),
     (torch.zeros(3, 2, dtype=torch.int64), torch.zeros(4, 1, dtype=torch.int64), 100, "same number of words"),
-    (torch.zeros(3, 2, dtype=torch.int32), torch.zeros(4, 2, dtype=torch.int32), 100, "int64"),
     (torch.zeros(2, dtype=torch.int64), torch.zeros(4, 2, dtype=torch.int64), 100, "2-D"),
     (torch.zeros(3, 1, dtype=torch.int64), torch.zeros(4, 1, dtype=torch.int64), 0, "n must")])
 def test_xnor_matmul_refuses_mismatched_operands(a, b, n, message):
     with pytest.raises(ValueError, match=message):
         B.xnor_matmul(a, b, n)
+
+
+def test_xnor_matmul_refuses_words_that_are_not_int64():
+    with pytest.raises(TypeError, match="int64"):
+        B.xnor_matmul(torch.zeros(3, 2, dtype=torch.int32), torch.zeros(4, 2, dtype=torch.int32), 100)
+    with pytest.raises(TypeError, match="integers"):
+        B.xnor_matmul(torch.zeros(3, 2), torch.zeros(4, 2), 100)
+
+
+def test_xnor_matmul_empty_operands_give_an_empty_product():
+    words = B.pack_signs(data(5, 70))
+    assert B.xnor_matmul(words[:0], words, 70).shape == (0, 5)
+    assert B.xnor_matmul(words, words[:0], 70).shape == (5, 0)
 
 
 # ------------------------------------------------------------------------------------------ helpers

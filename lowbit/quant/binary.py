@@ -254,7 +254,6 @@ def ttq_quantize(w: Tensor, w_p: Tensor, w_n: Tensor, t: float = 0.05) -> Tensor
 
 
 # ------------------------------------------------------------------------------------------ packed signs
-_BYTE_WEIGHTS = 2 ** torch.arange(8, dtype=torch.int64)
 _BIT_POSITIONS = torch.arange(WORD_BITS, dtype=torch.int64)
 #: SWAR masks (binary 0101…, 0011…, 00001111…) and the byte-summing multiplier of ``popcount``.
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
@@ -276,9 +275,11 @@ def pack_signs(x: Tensor) -> Tensor:
         raise ValueError(f"pack_signs needs x of shape [..., n] with n >= 1, got shape {tuple(x.shape)}")
     n, words = x.shape[-1], _words(x.shape[-1])
     bits = torch.nn.functional.pad((x >= 0).to(torch.uint8), (0, words * WORD_BITS - n))
-    bits = bits.reshape(*x.shape[:-1], words * 8, 8)
-    packed = (bits * _BYTE_WEIGHTS.to(device=x.device, dtype=torch.uint8)).sum(dim=-1, dtype=torch.uint8)
-    if sys.byteorder == "big":                                    # byte 0 must be the least significant one
+    bits = bits.reshape(*x.shape[:-1], words * 8, 8)               # [..., bytes, bit of the byte]
+    packed = bits[..., 0].clone()
+    for j in range(1, 8):                                          # 8 bit positions, each a whole-tensor op
+        packed |= bits[..., j] << j
+    if sys.byteorder == "big":                                     # byte 0 must be the least significant one
         packed = packed.reshape(*x.shape[:-1], words, 8).flip(-1).reshape(*x.shape[:-1], words * 8)
     return packed.contiguous().view(torch.int64)
 
@@ -306,11 +307,15 @@ def popcount(x: Tensor) -> Tensor:
     x = check_int_tensor(x, "x")
     if x.dtype != torch.int64:
         raise TypeError(f"popcount takes int64 words (from pack_signs), got {x.dtype}")
-    counts = x - ((x >> 1) & _M1)                    # each 2-bit field: how many of its 2 bits are set
+    counts = x >> 1
+    counts &= _M1
+    torch.sub(x, counts, out=counts)                 # each 2-bit field: how many of its 2 bits are set
     upper = counts >> 2
+    upper &= _M2
     counts &= _M2
-    counts += upper.bitwise_and_(_M2)                # each 4-bit field: 0..4
-    counts += counts >> 4
+    counts += upper                                  # each 4-bit field: 0..4
+    torch.bitwise_right_shift(counts, 4, out=upper)
+    counts += upper
     counts &= _M4                                    # each byte: 0..8
     counts *= _H01                                   # top byte = sum of the eight bytes
     return counts.bitwise_right_shift_(56)
@@ -332,7 +337,7 @@ def xnor_matmul(a: Tensor, b: Tensor, n: int) -> Tensor:
     a, b = check_int_tensor(a, "a"), check_int_tensor(b, "b")
     n = check_int(n, "n", low=1)
     if a.dtype != torch.int64 or b.dtype != torch.int64:
-        raise ValueError(f"a and b must be int64 words from pack_signs, got {a.dtype} and {b.dtype}")
+        raise TypeError(f"a and b must be int64 words from pack_signs, got {a.dtype} and {b.dtype}")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a [M, W] and b [N, W] must be 2-D with the same number of words W, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
@@ -343,6 +348,7 @@ def xnor_matmul(a: Tensor, b: Tensor, n: int) -> Tensor:
     out = torch.empty(rows, cols, dtype=torch.int64, device=a.device)
     block = max(1, _BLOCK_ELEMENTS // max(1, cols * words))
     for start in range(0, rows, block):                              # row blocks only: memory stays bounded
-        differ = popcount(a[start:start + block, None, :] ^ b[None, :, :]).sum(dim=2)
-        out[start:start + block] = n - 2 * differ
+        rows_out = out[start:start + block]
+        torch.sum(popcount(a[start:start + block, None, :] ^ b[None, :, :]), dim=2, out=rows_out)
+        rows_out.mul_(-2).add_(n)                                     # n − 2 · (differing signs)
     return out

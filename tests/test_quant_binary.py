@@ -89,6 +89,25 @@ def test_binarize_stochastic_is_deterministic_outside_the_unit_interval():
                 and (out[:, 3] == 1).all())
 
 
+def test_binarize_stochastic_a_tie_u_equal_p_gives_minus_one():
+    u = torch.rand((6, 50), generator=torch.Generator().manual_seed(21))
+    w = 2 * u - 1                       # exact in float32 (u is a multiple of 2^-24): p = (w + 1) / 2 == u
+    assert torch.equal((w + 1) / 2, u)
+    assert torch.equal(B.binarize_stochastic(w, 21), -torch.ones(6, 50))
+    assert torch.equal(B.binarize_stochastic(w + 2**-23, 21), torch.ones(6, 50))         # p = u + 2^-24, exact
+
+
+def test_binarize_stochastic_half_input_uses_its_own_precision_for_p_and_float32_draws():
+    # w = 2^-11: in float16 w + 1 rounds to 1 (half an ulp, ties to even), so p = 0.5, where float32 has
+    # p = 0.5 + 2^-12; the draws u in between (about 2.4 per 10,000) tell the two apart
+    w = torch.full((100_000,), 2.0**-11, dtype=torch.float16)
+    u = torch.rand(w.shape, generator=torch.Generator().manual_seed(9))                   # float32, not half
+    p = ((w + 1) / 2).clamp(0, 1)                                                        # in float16: 0.5
+    out = B.binarize_stochastic(w, 9)
+    assert torch.equal(out, torch.where(u < p.float(), 1.0, -1.0).half())
+    assert int((out != torch.where(u < (w.float() + 1) / 2, 1.0, -1.0).half()).sum()) > 5
+
+
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_binarize_stochastic_keeps_the_dtype_and_shape(dtype):
     w = data(3, 2, 3, 3, scale=0.5)
@@ -513,6 +532,53 @@ def test_per_channel_reshapes_for_broadcasting_and_checks_the_channel_count():
         B.per_channel(v, torch.zeros(3, 2))
     with pytest.raises(ValueError, match="shape"):
         B.per_channel(v.reshape(4, 1), torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("call", [
+    lambda w: B.binarize(w), lambda w: B.binarize_stochastic(w, 0), lambda w: B.sign_ste(w),
+    lambda w: B.bwn_scale(w), lambda w: B.binarize_weights(w), lambda w: B.twn_threshold(w),
+    lambda w: B.twn_quantize(w), lambda w: B.twn_quantize(w, 0.3),
+    lambda w: B.ttq_quantize(w, torch.tensor(1.0), torch.tensor(2.0)), lambda w: B.pack_signs(w)])
+def test_no_function_modifies_its_input(call):
+    w = data(4, 3, 3, seed=13)
+    w[0, 0, 0] = -0.0
+    original = w.clone()
+    call(w)
+    assert torch.equal(w, original) and torch.equal(w.sign(), original.sign())
+    assert str(w[0, 0, 0].item()) == "-0.0"
+
+
+def test_all_zero_weights_everywhere():
+    zero = torch.zeros(3, 4)
+    assert torch.equal(B.binarize(zero), torch.ones(3, 4))
+    assert torch.equal(B.bwn_scale(zero), torch.zeros(3)) and torch.equal(B.twn_threshold(zero), torch.zeros(3))
+    assert torch.equal(B.twn_quantize(zero), zero)
+    w = zero.clone().requires_grad_()
+    y = B.binarize_weights(w)
+    y.sum().backward()
+    assert torch.equal(y.detach(), zero) and torch.equal(w.grad, zero)     # α = 0: no gradient through α·sign
+    w.grad = None
+    w_p, w_n = torch.tensor(1.5, requires_grad=True), torch.tensor(0.5, requires_grad=True)
+    y = B.ttq_quantize(w, w_p, w_n)                                    # Δ = 0: every weight is in the middle
+    y.sum().backward()
+    assert torch.equal(y.detach(), zero) and torch.equal(w.grad, torch.ones(3, 4))
+    assert float(w_p.grad) == 0.0 and float(w_n.grad) == 0.0
+
+
+def test_ttq_one_dimensional_and_zero_dim_weights():
+    w = torch.tensor([0.01, -2.0, 0.5, -0.04])                         # Δ = 0.05 · 2 = 0.1
+    out = B.ttq_quantize(w, torch.tensor(0.25), torch.tensor(0.75))
+    assert torch.equal(out, torch.tensor([0.0, -0.75, 0.25, 0.0]))
+    assert float(B.ttq_quantize(torch.tensor(-3.0), torch.tensor(0.25), torch.tensor(0.75))) == -0.75
+
+
+def test_sign_ste_four_dimensional_activations():
+    x = data(2, 3, 5, 5, scale=1.5).requires_grad_()
+    upstream = data(2, 3, 5, 5, seed=6)
+    y = B.sign_ste(x)
+    y.backward(upstream)
+    assert y.shape == x.shape and torch.equal(y.detach(), sign_by_hand(x.detach()))
+    assert torch.equal(x.grad, torch.where(x.detach().abs() <= 1, upstream, torch.zeros(())))
 
 
 def test_binary_methods_are_the_six_recipes():

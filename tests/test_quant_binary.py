@@ -456,6 +456,8 @@ def test_pack_signs_refuses_bad_input(x, error, message):
 def test_unpack_signs_refuses_a_word_count_that_does_not_match_n():
     with pytest.raises(ValueError, match="ceil"):
         B.unpack_signs(torch.zeros(3, 2, dtype=torch.int64), 64)
+    with pytest.raises(TypeError, match="int64"):
+        B.unpack_signs(torch.zeros(3, 1, dtype=torch.int32), 64)
 
 
 # ------------------------------------------------------------------------------------------ popcount

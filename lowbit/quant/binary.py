@@ -81,6 +81,11 @@ def per_channel(v: Tensor, like: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ binary
+def _signs(positive: Tensor, dtype: torch.dtype) -> Tensor:
+    """+1 where ``positive`` (a bool tensor) else −1, in ``dtype``."""
+    return positive.to(dtype) * 2 - 1
+
+
 def binarize(w: Tensor) -> Tensor:
     """Deterministic binarization: ``+1 where w >= 0 else -1`` (sign(0) = +1).
 
@@ -88,7 +93,7 @@ def binarize(w: Tensor) -> Tensor:
     useful gradient (it is 0 almost everywhere): training uses ``sign_ste``.
     """
     w = check_float_tensor(w, "w")
-    return (w >= 0).to(w.dtype) * 2 - 1
+    return _signs(w >= 0, w.dtype)
 
 
 def binarize_stochastic(w: Tensor, seed: int) -> Tensor:
@@ -104,7 +109,7 @@ def binarize_stochastic(w: Tensor, seed: int) -> Tensor:
     seed = check_int(seed, "seed", low=0)
     p = ((w + 1) / 2).clamp(0, 1)
     u = torch.rand(w.shape, generator=torch.Generator().manual_seed(seed)).to(w.device)
-    return (u < p).to(w.dtype) * 2 - 1
+    return _signs(u < p, w.dtype)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -113,7 +118,7 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        return (x >= 0).to(x.dtype) * 2 - 1
+        return _signs(x >= 0, x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
@@ -288,11 +293,13 @@ def unpack_signs(words: Tensor, n: int) -> Tensor:
     """The inverse of ``pack_signs``: int64 ``[..., ceil(n / 64)]`` → float32 ±1 ``[..., n]`` (bit 1 → +1)."""
     words = check_int_tensor(words, "words")
     n = check_int(n, "n", low=1)
-    if words.dtype != torch.int64 or words.ndim == 0 or words.shape[-1] != _words(n):
-        raise ValueError(f"words must be int64 [..., ceil(n / 64)] = [..., {_words(n)}] for n = {n}, got "
-                         f"{words.dtype} {tuple(words.shape)}")
+    if words.dtype != torch.int64:
+        raise TypeError(f"words must be int64 (from pack_signs), got {words.dtype}")
+    if words.ndim == 0 or words.shape[-1] != _words(n):
+        raise ValueError(f"words must have shape [..., ceil(n / 64)] = [..., {_words(n)}] for n = {n}, got "
+                         f"{tuple(words.shape)}")
     bits = words[..., None].bitwise_right_shift(_BIT_POSITIONS.to(words.device)) & 1
-    return bits.reshape(*words.shape[:-1], -1)[..., :n].to(torch.float32) * 2 - 1
+    return _signs(bits.reshape(*words.shape[:-1], -1)[..., :n] == 1, torch.float32)
 
 
 def popcount(x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ The same ±1 product ``binarize(A) @ binarize(B).T`` three ways, on the same ran
 The operands are prepared once (packing the activations, which a W1A1 layer would do on every call, is
 timed on its own row). Shapes: the im2col matrices of the course CNN's conv2 and conv3 on a batch of 128
 (``[N·H·W, C_in·9] × [C_in·9, C_out]``) and square ones. Every product is checked bit-exact against the others
-inside the benchmark. A second table times other formulations of the same ``xnor_matmul`` on conv3's shape:
+inside the benchmark. A second table times other formulations of the same ``xnor_matmul`` on the first three shapes:
 byte-table and nibble-table popcounts, SWAR with shifts only, and other row-block sizes (the module's popcount
 and block size swapped in for the measurement). Times are medians over ``--repeats`` rounds in which the
 peers run in turn (interleaved, so a change of the machine's load hits every peer alike).
@@ -153,10 +153,9 @@ def summary(rows: list[dict[str, float]]) -> str:
             "on the two im2col shapes.")
 
 
-def formulation_rows(repeats: int) -> list[str]:
-    label, m, k, n = SHAPES[1]
-    ops = operands(m, k, n, seed=1)
-    expected = torch.matmul(ops["a_fp32"], ops["b_fp32"].T).to(torch.int64)
+def formulation_table(repeats: int, shapes: list[tuple[str, int, int, int]]) -> tuple[list[str], str]:
+    """Markdown rows (each formulation's median ms on each shape and its ratio to the module's own) and a
+    sentence naming the fastest formulation and block size on each shape."""
     default = B._BLOCK_ELEMENTS
     candidates = {f"SWAR, multiply to add the bytes (the module's), block 2^{default.bit_length() - 1}": {}}
     candidates |= {f"same, block 2^{e}": {"block_elements": 1 << e} for e in (14, 15, 16, 18, 19, 20, 22)
@@ -164,20 +163,34 @@ def formulation_rows(repeats: int) -> list[str]:
     candidates |= {"SWAR, shifts only (new tensor per step)": {"popcount": popcount_swar_shifts},
                    "byte table on x.view(uint8)": {"popcount": popcount_byte_table},
                    "nibble table": {"popcount": popcount_nibble_table}}
+    columns = []
+    for label, m, k, n in shapes:
+        ops = operands(m, k, n, seed=1)
+        expected = torch.matmul(ops["a_fp32"], ops["b_fp32"].T).to(torch.int64)
 
-    def timed(settings: dict) -> Callable[[], None]:
-        def run() -> None:
+        def timed(settings: dict, ops: dict[str, torch.Tensor] = ops, k: int = k) -> Callable[[], None]:
+            def run() -> None:
+                with variant(**settings):
+                    B.xnor_matmul(ops["a_bits"], ops["b_bits"], k)
+            return run
+
+        for name, settings in candidates.items():
             with variant(**settings):
-                B.xnor_matmul(ops["a_bits"], ops["b_bits"], k)
-        return run
+                if not torch.equal(B.xnor_matmul(ops["a_bits"], ops["b_bits"], k), expected):
+                    raise SystemExit(f"formulation {name!r} is not bit-exact on {label}")
+        columns.append(interleaved_medians({name: timed(settings) for name, settings in candidates.items()}, repeats))
+        print(f"formulations timed on {label}", flush=True)
+    head = " | ".join(f"{label} (ms, vs the module's)" for label, *_ in shapes)
+    lines = [f"| `xnor_matmul` formulation | {head} |", "|---" * (len(shapes) + 1) + "|"]
+    for name in candidates:
+        cells = " | ".join(f"{ms[name]:.1f} ({ms[name] / next(iter(ms.values())):.2f}×)" for ms in columns)
+        lines.append(f"| {name} | {cells} |")
 
-    for name, settings in candidates.items():
-        with variant(**settings):
-            if not torch.equal(B.xnor_matmul(ops["a_bits"], ops["b_bits"], k), expected):
-                raise SystemExit(f"formulation {name!r} is not bit-exact")
-    ms = interleaved_medians({name: timed(settings) for name, settings in candidates.items()}, repeats)
-    base = next(iter(ms.values()))
-    return [f"| {name} | {value:.2f} | {value / base:.2f}× |" for name, value in ms.items()]
+    def short(name: str) -> str:
+        return name.replace("same, block", "SWAR, block").replace("multiply to add the bytes (the module's), ", "")
+    winners = [f"{label}: {short(min(ms, key=ms.__getitem__))}" for (label, *_), ms in zip(shapes, columns)]
+    return lines, (f"Fastest per shape in this run (the module uses SWAR, block 2^{default.bit_length() - 1}): "
+                   + "; ".join(winners) + ".")
 
 
 def main() -> None:
@@ -199,11 +212,9 @@ def main() -> None:
         rows.append(shape_row(label, m, k, n, args.repeats))
         lines.append(format_row(label, m, k, n, rows[-1]))
         print(lines[-1], flush=True)
-    lines += ["", f"| `xnor_matmul` formulation, {SHAPES[1][0]} ({SHAPES[1][1]} × {SHAPES[1][2]} × {SHAPES[1][3]}) "
-              "| ms | vs the module's |", "|---|---|---|"]
-    for row in formulation_rows(args.repeats):
-        lines.append(row)
-        print(row, flush=True)
+    table, note = formulation_table(args.repeats, SHAPES[:3])
+    lines += ["", *table, "", note]
+    print("\n".join(table) + "\n" + note, flush=True)
     print(summary(rows))
     if args.write:
         write_section(TITLE, f"`benchmarks/bench_xnor.py --threads {args.threads} --write` "

@@ -328,9 +328,10 @@ def popcount(x: Tensor) -> Tensor:
     return counts.bitwise_right_shift_(56)
 
 
-#: Elements of the ``[block, N, W]`` XOR temporary of ``xnor_matmul``: 2^17 int64 = 1 MB, so the SWAR passes
-#: of ``popcount`` stay in the L2 cache (``benchmarks/bench_xnor.py --blocks`` compares other sizes).
-_BLOCK_ELEMENTS = 1 << 17
+#: Elements of the ``[block, N, W]`` XOR temporary of ``xnor_matmul``: 2^18 int64 = 2 MB, about one core's L2
+#: cache, so the SWAR passes of ``popcount`` mostly hit it (``benchmarks/bench_xnor.py`` compares 2^14..2^22:
+#: 2^17..2^19 are within the noise of each other, 2^22 is 1.2–3× slower).
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def xnor_matmul(a: Tensor, b: Tensor, n: int) -> Tensor:
@@ -339,7 +340,7 @@ def xnor_matmul(a: Tensor, b: Tensor, n: int) -> Tensor:
     ``a``: int64 ``[M, W]`` = ``pack_signs(A)`` of a float ``[M, n]``; ``b``: int64 ``[N, W]`` =
     ``pack_signs(B)`` of ``[N, n]``; ``W`` must be ceil(n / 64). Returns int64 ``[M, N]``, exactly the ±1 dot
     products (matching signs count +1, differing ones −1; the zero padding bits agree and cancel out). Works in
-    blocks of rows of ``a`` so the ``[block, N, W]`` temporary stays near 2^17 elements (1 MB).
+    blocks of rows of ``a`` so the ``[block, N, W]`` temporary stays near 2^18 elements (2 MB).
     """
     a, b = check_int_tensor(a, "a"), check_int_tensor(b, "b")
     n = check_int(n, "n", low=1)

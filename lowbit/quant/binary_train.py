@@ -37,8 +37,8 @@ from lowbit.quant.validate import check_bits, check_choice, check_int
 
 __all__ = ["BINARY_METHODS", "FUNCTION_NAMES", "STOCHASTIC_TEST_MODES", "DEFAULT_LR", "SCALE_LR", "FREEZE_BN_AFTER",
            "BinaryConnectQuantizer", "BWNQuantizer", "TWNQuantizer", "TTQQuantizer", "SignActivation",
-           "resolve_function", "draw_seed", "prepare_binary", "train_binary", "binary_size_bits", "set_stochastic_test_mode",
-           "clip_latent_weights"]
+           "resolve_function", "draw_seed", "prepare_binary", "train_binary", "binary_size_bits",
+           "set_stochastic_test_mode", "clip_latent_weights", "REFERENCE_MODULE", "BINARYCONNECT_LATENT_SCALE"]
 
 #: The graded functions training calls, each found by name in ``REFERENCE_MODULE`` unless ``functions`` gives it.
 FUNCTION_NAMES = ("binarize", "binarize_stochastic", "sign_ste", "binarize_weights", "twn_quantize", "ttq_quantize")
@@ -140,8 +140,9 @@ class BinaryConnectQuantizer(_GradedWeightQuantizer):
 
     Deterministic: ``sign_ste(w)`` (gradient cancelled where |w| > 1). ``stochastic=True``: in training
     ``binarize_stochastic(w, draw_seed(seed, draws))`` with the identity gradient, one draw per forward pass
-    (``draws``, a buffer, counts them: the same seed gives the same run, successive passes different draws); in eval mode the real-valued latent weights (``test_mode="real"``, the paper's
-    test-time rule) or ``binarize(w)`` (``"sign"``). Weights ``[C, ...]`` float → same shape and dtype.
+    (``draws``, a buffer, counts them: the same seed gives the same run, successive passes different draws);
+    in eval mode the real-valued latent weights (``test_mode="real"``, the paper's test-time rule) or
+    ``binarize(w)`` (``"sign"``). Weights ``[C, ...]`` float → same shape and dtype.
     """
 
     def __init__(self, stochastic: bool = False, seed: int = 0, functions: Mapping[str, Callable] | None = None

@@ -112,9 +112,9 @@ def main() -> None:
     evaluators = test_evaluators(args.full_test)
     rows = study(evaluators, args.epochs, args.fraction, not args.no_progress)
     test_sets = list(evaluators)
-    lrs = ", ".join(f"{method} {lr:g}" for method, lr in BT.DEFAULT_LR.items())
+    lrs = ", ".join(f"{method} {lr:g} (scales {BT.SCALE_LR[method]:g}×)" for method, lr in BT.DEFAULT_LR.items())
     text = (f"{args.epochs} epochs × {args.fraction:g} of the 6,000 embedded training images per method; Adam lr "
-            f"({lrs}; learned scales at {BT.SCALE_LR:g}× that), cosine decay, seed 0. Test sets: embedded subset "
+            f"({lrs}), cosine decay, seed 0. Test sets: embedded subset "
             f"(3,000 images){' and full (10,000)' if args.full_test else ''}.\n\n{markdown(rows, test_sets)}\n\n"
             + "\n".join(goal_lines(rows, test_sets))
             + f"\n\nTraining time is per run ({args.threads} thread; the two stochastic rows are one run tested two "

@@ -256,3 +256,13 @@ def test_training_a_fresh_model_works_without_a_checkpoint(batches):
     torch.manual_seed(0)
     run = quick(FashionCNN(), "bwn", batches[:2])
     assert len(run.losses) == 2 and not run.diverged
+
+
+@pytest.mark.parametrize("method", binary.BINARY_METHODS)
+def test_printing_a_prepared_model_writes_no_warning(model, method):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # nbgrader fails a cell that writes to stderr
+        text = repr(BT.prepare_binary(model, method))
+    assert "weight_quantizer" in text and ("w_p=" in text) == (method == "ttq")

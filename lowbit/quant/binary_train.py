@@ -235,7 +235,7 @@ class TTQQuantizer(_GradedWeightQuantizer):
         return self.function("ttq_quantize")(w, self.w_p, self.w_n, self.t)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, t={self.t:g}, w_p={float(self.w_p):.4g}, w_n={float(self.w_n):.4g}"
+        return f"{super().extra_repr()}, t={self.t:g}, w_p={self.w_p.item():.4g}, w_n={self.w_n.item():.4g}"
 
 
 class SignActivation(nn.Module):

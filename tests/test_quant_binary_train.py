@@ -207,6 +207,14 @@ def test_seeded_runs_are_identical_and_the_seed_matters(model, batches, method):
         assert quick(model, method, batches, seed=2).losses != first.losses
 
 
+def test_batchnorm_statistics_freeze_after_the_set_epochs(model, batches, monkeypatch):
+    start = int(model.bn2.num_batches_tracked)
+    assert quick(model, "bwn", batches).model.bn2.num_batches_tracked == start + 3, "batch statistics to the end"
+    monkeypatch.setattr(BT, "FREEZE_BN_AFTER", 0.5)                 # ceil(0.5 · 3 batches) = after the 2nd
+    run = quick(model, "bwn", batches)
+    assert run.model.bn2.num_batches_tracked == start + 2 and run.settings["freeze_bn_after"] == 0.5
+
+
 def test_the_default_learning_rate_and_settings_are_reported(model, batches):
     run = quick(model, "twn", batches[:1])
     assert run.settings["lr"] == BT.DEFAULT_LR["twn"] and run.settings["method"] == "twn"

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lowbit.quant.binary import BINARY_METHODS, per_channel
-from lowbit.quant.modules import quantizable_layers, quantized, replace_children, swap_modules
+from lowbit.quant.modules import LayerConfig, quantizable_layers, quantized, replace_children, swap_modules
 from lowbit.quant.qat import LSQQuantizer, QATRun, check_recipe_length, first_last_policy, recipe_training
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.validate import check_bits, check_choice, check_int
@@ -310,7 +310,7 @@ def prepare_binary(model: nn.Module, method: str, first_last_bits: int | None = 
     binary_names = [name for name in names if name not in edges]
     policy = first_last_policy(model, 2 if method in ("twn", "ttq") else 1, first_last_bits)
 
-    def make(name: str, layer: nn.Module, config) -> nn.Module:
+    def make(name: str, layer: nn.Module, config: LayerConfig) -> nn.Module:
         if name in edges:
             return quantized(layer, LSQQuantizer(config.w_bits, signed=True, channel_dim=0, init="minmax",
                                                  example=layer.weight))

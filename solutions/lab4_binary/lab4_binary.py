@@ -1020,8 +1020,8 @@ print(lowbit.results.table(rows))
 # the papers' ImageNet ordering (FP 69.6 > TTQ 66.6 > TWN 65.3 > BWN 60.8). Stochastic BinaryConnect (≈ 82 % with real
 # weights, ≈ 79 % with signs) trains a different random network at every step: the pretrained weights, scaled into
 # [−1, 1], are mostly small, so p ≈ 1/2 and most signs are coin flips — a strong regulariser that needs long
-# training, not half an epoch of fine-tuning. Its test-time network uses the 32-bit latent weights (1.1× smaller than FP32): it is a
-# float network trained with binary noise, not a binary one.
+# training, not half an epoch of fine-tuning. Its test-time network uses the 32-bit latent weights (1.1× smaller
+# than FP32): it is a float network trained with binary noise, not a binary one.
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "further_reading", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ### Further reading

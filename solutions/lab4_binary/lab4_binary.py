@@ -122,7 +122,7 @@ assert_close(binarize(w2), torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]]), 
 assert_dtype(binarize(w2.half()), torch.float16, "binarize of a float16 tensor keeps float16",
              hint="build ±1 with w's dtype (torch.ones_like(w)), not a bool or int64 tensor")
 assert_shape(binarize(torch.zeros(0, 3)), (0, 3), "binarize of an empty [0, 3] tensor")
-assert_not_modified(binarize, w2)
+assert_not_modified(binarize, torch.tensor([[0.25, -4.0, 0.0], [-0.1, 7.0, -3.0]]))  # a fresh input
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_binarize
 check_binarize(binarize)
@@ -169,10 +169,20 @@ def binarize_stochastic(w: torch.Tensor, seed: int) -> torch.Tensor:
 # %% nbgrader={"grade": true, "grade_id": "test_binarize_stochastic", "locked": true, "points": 8, "schema_version": 3, "solution": false, "task": false}
 w = torch.tensor([-3.0, -1.0, -0.6, -0.2, 0.0, 0.2, 0.6, 1.0, 3.0])
 u = torch.rand(w.shape, generator=torch.Generator().manual_seed(7))
-assert_close(binarize_stochastic(w, seed=7), torch.tensor([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
-             "binarize_stochastic(w, seed=7)", atol=0, inputs={"w": w, "u (seed 7)": u},
+expected = torch.tensor([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+assert_close(binarize_stochastic(w, seed=7), expected, "binarize_stochastic(w, seed=7)", atol=0,
+             inputs={"w": w, "u (seed 7)": u},
              hint="u = torch.rand(w.shape, generator=torch.Generator().manual_seed(seed)); +1 where u < p with "
                   "p = clip((w + 1) / 2, 0, 1), -1 elsewhere")
+for dtype in (torch.float16, torch.float64):
+    assert_close(binarize_stochastic(w.to(dtype), seed=7).float(), expected,
+                 f"binarize_stochastic(w as {dtype}, seed=7)", atol=0, inputs={"w": w.to(dtype)},
+                 hint="the same float32 draw u = torch.rand(w.shape, generator=...) whatever w's dtype: not "
+                      "torch.rand(..., dtype=w.dtype), not torch.bernoulli (it draws doubles for float64)")
+tie = torch.where(u >= 0.5, 2 * u - 1, -3.0)   # where u >= 0.5, p = (w + 1) / 2 is exactly u; elsewhere w = -3
+assert_close(binarize_stochastic(tie, seed=7), -torch.ones(9), "binarize_stochastic(w, seed=7) with p == u exactly "
+             "where u >= 0.5", atol=0, inputs={"w": tie, "u (seed 7)": u},
+             hint="strictly +1 where u < p: a tie u == p gives -1 (u <= p gives +1)")
 many = torch.linspace(-1.5, 1.5, 13).repeat(4000, 1)               # 4,000 draws of each of 13 weights
 mean = binarize_stochastic(many, seed=1).mean(dim=0)
 assert_close(mean, torch.linspace(-1.5, 1.5, 13).clamp(-1, 1), "mean of 4,000 draws per weight vs clip(w, -1, 1)",
@@ -189,7 +199,7 @@ assert torch.equal(state, torch.get_rng_state()), \
     "binarize_stochastic changed the global random state: draw u with your own torch.Generator, not torch.rand(w.shape)"
 print("✓ binarize_stochastic: reproducible per seed, the global random generator untouched")
 assert_dtype(binarize_stochastic(w.half(), seed=0), torch.float16, "binarize_stochastic of a float16 tensor")
-assert_not_modified(binarize_stochastic, w, 0)
+assert_not_modified(binarize_stochastic, torch.tensor([-3.0, -0.6, 0.2, 3.0]), 0)
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_binarize_stochastic
 check_binarize_stochastic(binarize_stochastic)
@@ -260,7 +270,7 @@ assert_gradient_close(sign_ste, x, wrt=[0], upstream=upstream,
                       hint="the gradient passes where |x| <= 1 (x = ±1 included) and is cancelled where |x| > 1 "
                            "(x = -2, 1.5): a plain STE without the cancel lets it through everywhere")
 assert_dtype(sign_ste(x.half()), torch.float16, "sign_ste of a float16 tensor keeps float16")
-assert_not_modified(sign_ste, x)
+assert_not_modified(sign_ste, torch.tensor([-2.0, -0.5, 0.3, 1.5]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_sign_ste
 check_sign_ste(sign_ste)
@@ -317,13 +327,15 @@ assert_close(bwn_scale(conv), torch.tensor([1.125, 0.875]), "bwn_scale of a conv
 assert_close(bwn_scale(torch.tensor([-2.0, 0.5, 0.0])), torch.tensor([2.0, 0.5, 0.0]), "bwn_scale of a 1-D w [3]",
              atol=0, hint="a 1-D w of shape [C] is C channels of one weight each: alpha = |w|")
 assert_dtype(bwn_scale(w.half()), torch.float16, "bwn_scale of a float16 weight")
-try:
-    bwn_scale(torch.tensor(1.0))
-except ValueError:
-    print("✓ bwn_scale of a 0-dim tensor raises ValueError")
-else:
-    raise AssertionError("bwn_scale(torch.tensor(1.0)) must raise ValueError: a 0-dim tensor has no channel axis")
-assert_not_modified(bwn_scale, w)
+for bad, why in ((torch.tensor(1.0), "a 0-dim tensor has no channel axis"),
+                 (torch.zeros(3, 0), "channels without weights have no mean (0 / 0 = NaN)")):
+    try:
+        bwn_scale(bad)
+    except ValueError:
+        print(f"✓ bwn_scale of shape {tuple(bad.shape)} raises ValueError")
+    else:
+        raise AssertionError(f"bwn_scale of shape {tuple(bad.shape)} must raise ValueError: {why}")
+assert_not_modified(bwn_scale, torch.tensor([[1.0, -3.0], [-0.5, 0.5]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_bwn_scale
 check_bwn_scale(bwn_scale)
@@ -378,7 +390,7 @@ expected = bwn_scale(conv).reshape(3, 1, 1, 1) * binarize(conv)
 assert_close(binarize_weights(conv), expected, "binarize_weights of a conv weight [3, 2, 3, 3]", atol=1e-7,
              hint="reshape alpha [C] to [C, 1, 1, 1] (per_channel(alpha, w)) so it scales axis 0, not the last axis")
 assert_dtype(binarize_weights(w.half()), torch.float16, "binarize_weights of a float16 weight")
-assert_not_modified(binarize_weights, w)
+assert_not_modified(binarize_weights, torch.tensor([[0.5, -1.5, 0.0, 2.0], [-0.2, -0.4, 0.1, 0.3]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_binarize_weights
 check_binarize_weights(binarize_weights)
@@ -461,7 +473,8 @@ conv = torch.arange(-8.0, 8.0).reshape(2, 2, 2, 2) / 4
 assert_close(twn_threshold(conv), torch.tensor([0.7875, 0.6125]), "twn_threshold of a conv weight [2, 2, 2, 2]",
              atol=1e-6, inputs={"w": conv})
 assert_shape(twn_threshold(conv), (2,), "twn_threshold returns shape [C]")
-assert_not_modified(twn_threshold, w)
+assert_dtype(twn_threshold(w.half()), torch.float16, "twn_threshold of a float16 weight keeps float16")
+assert_not_modified(twn_threshold, torch.tensor([[1.0, -2.0, 0.0, 1.0], [0.1, -0.1, 0.3, -0.3]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_twn_threshold
 check_twn_threshold(twn_threshold)
@@ -531,7 +544,7 @@ except ValueError:
     print("✓ twn_quantize with delta = -0.1 raises ValueError")
 else:
     raise AssertionError("twn_quantize(w, delta=-0.1) must raise ValueError: a threshold on |w| cannot be negative")
-assert_not_modified(twn_quantize, w)
+assert_not_modified(twn_quantize, torch.tensor([[1.0, -0.2, 0.4, -0.6], [-0.3, -0.1, -0.5, -0.3]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_twn_quantize
 check_twn_quantize(twn_quantize)
@@ -616,7 +629,7 @@ except ValueError:
     print("✓ ttq_quantize with t = 1.0 raises ValueError")
 else:
     raise AssertionError("ttq_quantize(w, w_p, w_n, t=1.0) must raise ValueError: t must be in [0, 1)")
-assert_not_modified(ttq_quantize, w, w_p, w_n)
+assert_not_modified(ttq_quantize, torch.tensor([-2.0, -0.1, 0.0, 0.5, 1.0]), torch.tensor(1.5), torch.tensor(0.5))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_ttq_quantize
 check_ttq_quantize(ttq_quantize)
@@ -724,7 +737,7 @@ assert_shape(packed, (3, 3), "pack_signs of [3, 130] -> [3, ceil(130 / 64)]")
 assert_dtype(packed, torch.int64, "pack_signs returns int64 words")
 assert_close(unpack_signs(packed, 130), binarize(x), "unpack_signs(pack_signs(x), 130) vs binarize(x), x [3, 130]",
              atol=0, hint="each row is packed on its own along the last axis")
-assert_not_modified(pack_signs, x)
+assert_not_modified(pack_signs, torch.tensor([[1.0, -1.0, 0.0], [-2.0, 0.5, -0.0]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_pack_signs
 check_pack_signs(pack_signs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from matplotlib.patches import Rectangle
 
 import lowbit
 from lowbit.quant import binary as B
@@ -19,6 +20,11 @@ def segments_x(collection) -> list[float]:
     return sorted(float(seg[0][0]) for seg in collection.get_segments())
 
 
+def bands(explorer) -> list[Rectangle]:
+    """The shaded ranges over channels: levels (negative, positive side), then thresholds (negative, positive)."""
+    return [p for p in explorer.figure.axes[0].patches if type(p) is Rectangle]
+
+
 def test_bwn_and_binaryconnect_errors_match_their_formulas(model, capsys):
     explorer = viz.levels_explorer(model, show=False)
     w = model.conv2.weight.detach()
@@ -32,6 +38,11 @@ def test_bwn_and_binaryconnect_errors_match_their_formulas(model, capsys):
     assert explorer.stats["scale_bits_per_weight"] == pytest.approx(32 * 64 / w.numel())
     assert explorer.stats["distinct_values"] == 2 * 64          # ±alpha_c for each of the 64 output channels
     assert segments_x(explorer.figure.axes[0].collections[1]) == []   # BWN has no threshold
+    a = alpha.reshape(-1)
+    assert segments_x(explorer.figure.axes[0].collections[0]) == pytest.approx([-float(a.mean()), float(a.mean())])
+    positive_band = bands(explorer)[1]                                # the range of alpha_c over the 64 channels
+    assert positive_band.get_x() == pytest.approx(float(a.min())) and \
+        positive_band.get_width() == pytest.approx(float(a.max() - a.min()))
     explorer.controls["method"].value = "binaryconnect"
     sign = torch.where(w >= 0, 1.0, -1.0)
     assert explorer.stats["mse"] == pytest.approx(float((w - sign).square().mean()), rel=1e-5)
@@ -58,6 +69,7 @@ def test_twn_threshold_factor_moves_the_thresholds_and_the_zeros(model):
     alpha = float(w[7].abs()[kept].mean())
     assert segments_x(explorer.figure.axes[0].collections[0]) == pytest.approx([-alpha, 0.0, alpha], rel=1e-5)
     assert explorer.stats["weights"] == w[7].numel() and explorer.stats["channel"] == 7
+    assert all(band.get_width() == 0 for band in bands(explorer)), "one channel: exact lines, no range to shade"
     assert explorer.stats["zero_fraction"] == pytest.approx(float((~kept).float().mean()), abs=1e-6)
     codes = torch.tensor([float((~kept).float().mean()), float((w[7] > delta).float().mean()),
                           float((w[7] < -delta).float().mean())])

@@ -18,6 +18,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.collections import LineCollection
+from matplotlib.patches import Rectangle
 from torch import nn
 
 from lowbit.quant.modules import quantizable_layers
@@ -98,8 +99,9 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
     Controls: ``method`` (``METHODS``), ``layer``, ``view`` ("whole layer" / "one channel"), ``channel``,
     ``twn_factor`` (TWN's Δ = factor · mean|w| per channel, via ``twn_threshold`` scaled by factor / 0.7) and
     ``ttq_t`` (TTQ's Δ = t · max|w|). Drawn: the histogram of the latent weights, the levels (±1; ±α_c; ±α_c and
-    0; W_p, 0, −W_n) as solid lines (one pair per channel in the whole-layer view) and the thresholds ±Δ dashed;
-    below, the map w → quantized w. Stats: weights shown, distinct quantized values, MSE, relative error
+    0; W_p, 0, −W_n) as solid lines and the thresholds ±Δ dashed — in the whole-layer view, per-channel levels and
+    thresholds as a line at their mean over the channels and a shaded band over their range; below, the map
+    w → quantized w. Stats: weights shown, distinct quantized values, MSE, relative error
     ||w − q||² / ||w||², fraction of zeros, code bits per weight (1 binary, 2 ternary), scale bits per weight
     (fp32 scales spread over the layer's weights) and the entropy of the codes (sign of q: −1 / 0 / +1) in bits
     per weight, the least an entropy coder would need.
@@ -133,6 +135,12 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
     thresholds = LineCollection([], colors="C0", linewidths=1.1, linestyles="dashed", label="thresholds ±Δ")
     ax_hist.add_collection(levels)
     ax_hist.add_collection(thresholds)
+    # per-channel levels and thresholds of a whole layer: a line at their mean over the channels, a band over their range
+    bands = {(kind, side): ax_hist.add_patch(Rectangle((0, 0), 0, 1, transform=ax_hist.get_xaxis_transform(),
+                                                       color="C3" if kind == "level" else "C0", alpha=0.15,
+                                                       label="range over channels" if (kind, side) == ("level", 1)
+                                                       else None))
+             for kind in ("level", "threshold") for side in (-1, 1)}
     ax_hist.set_ylabel("count")
     ax_hist.legend(loc="upper right", fontsize="small")
     (mapping,) = ax_map.plot([], [], linestyle="none", marker=".", markersize=2, color="C3")
@@ -170,22 +178,29 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
         c = int(controls["channel"].value)
         rows = slice(c, c + 1) if one else slice(None)
         shown_w, shown_q = w[rows].reshape(-1), q[rows].reshape(-1)
-        # levels: the distinct non-zero values per shown channel (TTQ: per layer)
-        level_values = sorted({round(v, 7) for v in shown_q.unique().tolist() if v != 0.0})
-        if kind in ("twn", "ttq"):
-            level_values.append(0.0)
+        # levels per shown channel: its positive and its negative value (TTQ: the layer's W_p and -W_n)
+        per_row = q[rows].reshape(q[rows].shape[0], -1)
+        tops, bottoms = per_row.amax(dim=1), per_row.amin(dim=1)
+        sides = {1: tops[tops > 0], -1: bottoms[bottoms < 0]}
         if delta is None:
-            delta_values = []
-        elif delta.ndim == 0:
-            delta_values = [float(delta)]
+            sides_delta = {}
         else:
-            delta_values = sorted(set(delta[rows].reshape(-1).tolist()))
+            d = delta.expand(w.shape[0]) if delta.ndim == 0 else delta
+            sides_delta = {1: d[rows].reshape(-1), -1: -d[rows].reshape(-1)}
+        level_values = sorted(float(v.mean()) for v in sides.values() if v.numel())
+        if kind in ("twn", "ttq"):
+            level_values = sorted(level_values + [0.0])
+        delta_values = sorted(float(v.mean()) for v in sides_delta.values() if v.numel())
+        for (band_kind, side), band in bands.items():
+            values = (sides if band_kind == "level" else sides_delta).get(side, torch.empty(0))
+            low, high = (float(values.min()), float(values.max())) if values.numel() else (0.0, 0.0)
+            band.set_x(low)
+            band.set_width(high - low)
         counts, edges = torch.histogram(shown_w, bins=_BINS)
         stairs.set_data(counts.numpy(), edges.numpy())
         top = float(counts.max()) * 1.08 or 1.0
         levels.set_segments([[(v, 0), (v, top)] for v in level_values])
-        levels.set_alpha(0.9 if len(level_values) <= 6 else 0.35)
-        thresholds.set_segments([[(s * d, 0), (s * d, top)] for d in delta_values for s in (-1, 1)])
+        thresholds.set_segments([[(d, 0), (d, top)] for d in delta_values])
         order = torch.argsort(shown_w)
         mapping.set_data(shown_w[order].numpy(), shown_q[order].numpy())
         extent = max(float(shown_w.abs().max()), max((abs(v) for v in level_values), default=0.0)) * 1.08 or 1.0

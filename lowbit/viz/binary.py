@@ -51,7 +51,8 @@ def _layer_weights(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, 
     elif isinstance(source, Mapping):
         weights = dict(source)
     else:
-        raise TypeError(f"levels_explorer takes a model or a mapping name -> weight tensor, got {type(source).__name__}")
+        raise TypeError(f"levels_explorer takes a model or a mapping name -> weight tensor, got "
+                        f"{type(source).__name__}")
     if not weights:
         raise ValueError("levels_explorer found no weights to show")
     out = {}
@@ -96,15 +97,15 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
     graded functions to use (``FUNCTION_NAMES``; missing: lowbit's references). ``ttq_scales``: trained
     ``(W_p, W_n)`` per layer name; otherwise ``ttq_initial_scales``.
 
-    Controls: ``method`` (``METHODS``), ``layer``, ``view`` ("whole layer" / "one channel"), ``channel``,
-    ``twn_factor`` (TWN's Δ = factor · mean|w| per channel, via ``twn_threshold`` scaled by factor / 0.7) and
-    ``ttq_t`` (TTQ's Δ = t · max|w|). Drawn: the histogram of the latent weights, the levels (±1; ±α_c; ±α_c and
+    Controls: ``method`` (``METHODS``), ``layer``, ``view`` ("whole layer" / "one channel"), ``twn_factor`` (TWN's Δ
+    = factor · mean|w| per channel, via ``twn_threshold`` scaled by factor / 0.7), ``ttq_t`` (TTQ's Δ = t · max|w|)
+    and ``channel`` (for "one channel"). Drawn: the histogram of the latent weights, the levels (±1; ±α_c; ±α_c and
     0; W_p, 0, −W_n) as solid lines and the thresholds ±Δ dashed — in the whole-layer view, per-channel levels and
-    thresholds as a line at their mean over the channels and a shaded band over their range; below, the map
-    w → quantized w. Stats: weights shown, distinct quantized values, MSE, relative error
-    ||w − q||² / ||w||², fraction of zeros, code bits per weight (1 binary, 2 ternary), scale bits per weight
-    (fp32 scales spread over the layer's weights) and the entropy of the codes (sign of q: −1 / 0 / +1) in bits
-    per weight, the least an entropy coder would need.
+    thresholds as a line at their mean over the channels and a shaded band over their range; below, the map w →
+    quantized w. Stats: weights shown, distinct quantized values, MSE, relative error ||w − q||² / ||w||², fraction
+    of zeros, code bits per weight (1 binary, 2 ternary), scale bits per weight (fp32 scales spread over the layer's
+    weights) and the entropy of the codes (sign of q: −1 / 0 / +1) in bits per weight, the least an entropy coder
+    would need.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -120,12 +121,12 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
         "method": widgets.ToggleButtons(options=list(METHODS), value=method, description="method"),
         "layer": widgets.Dropdown(options=names, value=layer, description="layer"),
         "view": widgets.ToggleButtons(options=["whole layer", "one channel"], value="whole layer", description="view"),
-        "channel": widgets.IntSlider(value=0, min=0, max=weights[layer].shape[0] - 1, description="channel",
-                                     continuous_update=False),
         "twn_factor": widgets.FloatSlider(value=twn_factor, min=0.0, max=2.0, step=0.05, description="TWN factor",
                                           continuous_update=False),
         "ttq_t": widgets.FloatSlider(value=ttq_t, min=0.0, max=0.5, step=0.01, description="TTQ t",
                                      continuous_update=False, readout_format=".2f"),
+        "channel": widgets.IntSlider(value=0, min=0, max=weights[layer].shape[0] - 1, description="channel",
+                                     continuous_update=False),
     }
     with plt.ioff():
         figure, (ax_hist, ax_map) = plt.subplots(2, 1, figsize=(7.5, 5.4), sharex=True, layout="constrained",
@@ -135,7 +136,8 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
     thresholds = LineCollection([], colors="C0", linewidths=1.1, linestyles="dashed", label="thresholds ±Δ")
     ax_hist.add_collection(levels)
     ax_hist.add_collection(thresholds)
-    # per-channel levels and thresholds of a whole layer: a line at their mean over the channels, a band over their range
+    # per-channel levels and thresholds of a whole layer: a line at their mean over the channels, a band over their
+    # range
     bands = {(kind, side): ax_hist.add_patch(Rectangle((0, 0), 0, 1, transform=ax_hist.get_xaxis_transform(),
                                                        color="C3" if kind == "level" else "C0", alpha=0.15,
                                                        label="range over channels" if (kind, side) == ("level", 1)
@@ -162,7 +164,7 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
             delta = delta * (factor / 0.7)
             return _as_float32(fns["twn_quantize"](w.clone(), delta), "twn_quantize", w), delta, w.shape[0]
         w_p, w_n = trained_ttq.get(state["layer"]) or ttq_initial_scales(w, t)
-        w_p, w_n = torch.as_tensor(w_p, dtype=torch.float32).detach(), torch.as_tensor(w_n, dtype=torch.float32).detach()
+        w_p, w_n = (torch.as_tensor(v, dtype=torch.float32).detach() for v in (w_p, w_n))
         q = _as_float32(fns["ttq_quantize"](w.clone(), w_p, w_n, t), "ttq_quantize", w)
         return q, t * w.abs().max(), 2
 
@@ -220,4 +222,7 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
                 "code_bits_per_weight": code_bits, "scale_bits_per_weight": 32 * scales / w.numel(),
                 "entropy_bits_per_weight": _entropy_bits(torch.sign(shown_q))}
 
-    return _finish(Explorer("levels_explorer", figure, controls, update, live), show)
+    explorer = Explorer("levels_explorer", figure, controls, update, live)
+    if explorer.layout is not None:        # six controls: let them wrap onto a second row
+        explorer.layout.children[0].layout = widgets.Layout(flex_flow="row wrap")
+    return _finish(explorer, show)

@@ -207,14 +207,17 @@ check_binarize_stochastic(binarize_stochastic)
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "part1_unbiased_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ### Experiment: stochastic binarization is unbiased, deterministic is not
-# BinaryConnect keeps its latent weights in $[-1, 1]$, where the hard sigmoid is a probability; below, `conv2`'s
-# weights scaled into that range as Part 5's training does (divided by twice their mean |w| per channel, then
-# clipped). One stochastic draw is a poor copy of a weight, but the average of $K$ draws converges to it, the error
-# shrinking like $1/\sqrt{K}$; the deterministic sign is the same ±1 every time, and its average never gets closer.
+# BinaryConnect keeps its latent weights in $[-1, 1]$, where the hard sigmoid is a probability; below, `conv2`'s weights
+# scaled into that range as Part 5's training does (divided by `BINARYCONNECT_LATENT_SCALE` times their mean |w| per
+# channel, then clipped). One stochastic draw is a poor copy of a weight, but the average of $K$ draws converges to it,
+# the error shrinking like $1/\sqrt{K}$; the deterministic sign is the same ±1 every time, and its average never gets
+# closer.
 
 # %% nbgrader={"grade": false, "grade_id": "part1_unbiased", "locked": true, "schema_version": 3, "solution": false, "task": false}
+from lowbit.quant.binary_train import BINARYCONNECT_LATENT_SCALE
+
 w = model.conv2.weight.detach()
-latent = (w / (2 * per_channel(w.abs().mean(dim=(1, 2, 3)), w))).clamp(-1, 1)   # BinaryConnect's range
+latent = (w / (BINARYCONNECT_LATENT_SCALE * per_channel(w.abs().mean(dim=(1, 2, 3)), w))).clamp(-1, 1)
 DRAWS = (1, 10, 100) if lowbit.GRADING else (1, 10, 100, 1000)
 total = torch.zeros_like(latent)
 for k in tqdm(range(max(DRAWS)), desc="stochastic draws"):
@@ -884,10 +887,11 @@ for name, layer in quantizable_layers(model).items():
 # in W1A1). BinaryConnect's latent weights start as the pretrained ones scaled into $[-1, 1]$ and are clipped there
 # after every step (Courbariaux et al. 2015).
 #
-# **Recipe (short, for this notebook):** half an epoch over the 6,000 embedded training images (24 batches of 128),
-# Adam, lr $10^{-3}$ (learned scales: $10^{-4}$) decaying to 0 along a cosine, BatchNorm on batch statistics,
-# seeded. The README's "Lab 4" section and `benchmarks/RESULTS.md` ("Lab 4 accuracy") list the full recipe
-# (3 epochs, embedded and full test sets) run with lowbit's reference functions.
+# **Recipe (short, for this notebook):** half an epoch over the 6,000 embedded training images (24 batches of 128), Adam
+# at each method's tuned learning rate (`binary_train.DEFAULT_LR`: $10^{-3}$; $3 \cdot 10^{-3}$ for stochastic
+# BinaryConnect, $5 \cdot 10^{-3}$ for W1A1; learned scales at a fraction of it, `SCALE_LR`) decaying to 0 along a
+# cosine, BatchNorm on batch statistics, seeded. The README's "Lab 4" section and `benchmarks/RESULTS.md` ("Lab 4
+# accuracy") list the full recipe (3 epochs, embedded and full test sets) run with lowbit's reference functions.
 #
 # **Test time for stochastic BinaryConnect.** The paper evaluates its stochastically trained network with the
 # **real-valued** latent weights, not with a draw of their signs: the binary weights were a regulariser (like
@@ -911,7 +915,8 @@ def train(method: str) -> None:
     runs[method] = run
     accuracy[method] = lowbit.train.evaluate(run.model, test_loader, max_batches=EVAL_BATCHES)
     size_bits[method] = binary_train.binary_size_bits(run.model)
-    print(f"{method}: {100 * accuracy[method]:.2f} % after {len(run.losses)} batches ({run.seconds:.1f} s); "
+    print(f"{method}: {100 * accuracy[method]:.2f} % after {len(run.losses)} batches at lr {run.settings['lr']:g} "
+          f"({run.seconds:.1f} s); "
           f"{size_bits[method] / 8192:.1f} KiB, {fp32_bits / size_bits[method]:.1f}× smaller than FP32 "
           f"({100 * fp32_accuracy:.2f} %, {fp32_bits / 8192:.0f} KiB)")
 
@@ -1026,15 +1031,16 @@ print(lowbit.results.table(rows))
 # count as a binary network?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "q4_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
-# The more of the network is reduced and the cruder the levels, the lower the accuracy: TTQ (≈ 91.4 %) ≥ TWN (≈ 91.2 %),
-# three levels with (TTQ) or without learned asymmetric scales; BWN (≈ 90.2 %) one bit with the least-squares scale;
-# BinaryConnect (≈ 89.2 %) one bit without it; W1A1 (≈ 75 %) binarizes the activations too, so every feature map
-# entering conv2 and conv3 keeps one bit per value and the STE on activations adds gradient error on top. This matches
-# the papers' ImageNet ordering (FP 69.6 > TTQ 66.6 > TWN 65.3 > BWN 60.8). Stochastic BinaryConnect (≈ 82 % with real
-# weights, ≈ 79 % with signs) trains a different random network at every step: the pretrained weights, scaled into
-# [−1, 1], are mostly small, so p ≈ 1/2 and most signs are coin flips — a strong regulariser that needs long
-# training, not half an epoch of fine-tuning. Its test-time network uses the 32-bit latent weights (1.1× smaller
-# than FP32): it is a float network trained with binary noise, not a binary one.
+# The more of the network is reduced and the cruder the levels, the lower the accuracy: TTQ (≈ 91.3 %) ≥ TWN (≈ 91.2 %),
+# three levels with (TTQ) or without learned asymmetric scales; BWN (≈ 90.2 %), one bit with the least-squares scale;
+# BinaryConnect (≈ 89.1 %), one bit without it; W1A1 (≈ 78.5 %) binarizes the activations too, so every feature map
+# entering conv2 and conv3 keeps one bit per value, and the STE on activations adds gradient error on top. This matches
+# the papers' ImageNet ordering (FP 69.6 > TTQ 66.6 > TWN 65.3 > BWN 60.8). Stochastic BinaryConnect (≈ 88.4 % with the
+# real-valued weights, ≈ 85.4 % with their signs) trains a different random network at every step: the latent weights
+# lie well inside (−1, 1), where p is far from 0 and 1, so many signs change from one step to the next — a strong
+# regulariser (like dropout) that pays over long training, not over half an epoch of fine-tuning, and the network it
+# leaves is tuned to the average weight, not to one draw of signs. Its test-time network uses the 32-bit latent weights
+# (1.1× smaller than FP32): it is a float network trained with binary noise, not a binary one.
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "further_reading", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ### Further reading

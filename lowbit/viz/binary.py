@@ -225,4 +225,5 @@ def levels_explorer(source: nn.Module | Mapping[str, torch.Tensor], functions: M
     explorer = Explorer("levels_explorer", figure, controls, update, live)
     if explorer.layout is not None:        # six controls: let them wrap onto a second row
         explorer.layout.children[0].layout = widgets.Layout(flex_flow="row wrap")
+        figure.canvas.header_visible = False   # ipympl's "Figure 1" title bar says nothing here
     return _finish(explorer, show)

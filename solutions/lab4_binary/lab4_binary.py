@@ -674,8 +674,9 @@ print(f"best factor {float(factors[best]):.2f}: error {errors[best]:.3f}, {100 *
 # thresholds ±Δ (dashed), computed by **your** functions; below it, the map from latent to quantized weight. Pick a
 # layer and a single output channel, move TWN's factor or TTQ's t, and read the numbers beside: reconstruction
 # error, fraction of zeros, and bits per weight — what the codes take (1 or 2), what the fp32 scales add, and the
-# codes' entropy (what an ideal coder would need). In the whole-layer view every channel has its own α, so BWN and
-# TWN draw one pair of lines per channel. (TTQ starts from $W_p$, $W_n$ = the mean |w| above Δ and below −Δ.)
+# codes' entropy (what an ideal coder would need). In the whole-layer view every channel has its own α and Δ, so for
+# BWN and TWN the lines sit at their mean over the channels and a shaded band spans their range. (TTQ starts from
+# $W_p$, $W_n$ = the mean |w| above Δ and below −Δ.)
 
 # %% nbgrader={"grade": false, "grade_id": "part3_widget", "locked": true, "schema_version": 3, "solution": false, "task": false}
 widget_functions = {"binarize": binarize, "binarize_weights": binarize_weights, "twn_threshold": twn_threshold,

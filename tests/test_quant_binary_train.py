@@ -207,6 +207,14 @@ def test_seeded_runs_are_identical_and_the_seed_matters(model, batches, method):
         assert quick(model, method, batches, seed=2).losses != first.losses
 
 
+def test_batchnorm_statistics_freeze_after_the_set_epochs(model, batches, monkeypatch):
+    start = int(model.bn2.num_batches_tracked)
+    assert quick(model, "bwn", batches).model.bn2.num_batches_tracked == start + 3, "batch statistics to the end"
+    monkeypatch.setattr(BT, "FREEZE_BN_AFTER", 0.5)                 # ceil(0.5 · 3 batches) = after the 2nd
+    run = quick(model, "bwn", batches)
+    assert run.model.bn2.num_batches_tracked == start + 2 and run.settings["freeze_bn_after"] == 0.5
+
+
 def test_the_default_learning_rate_and_settings_are_reported(model, batches):
     run = quick(model, "twn", batches[:1])
     assert run.settings["lr"] == BT.DEFAULT_LR["twn"] and run.settings["method"] == "twn"
@@ -242,7 +250,9 @@ def test_the_references_are_resolved_by_name_not_imported(model):
     tree = ast.parse(inspect.getsource(BT))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 and node.module == "lowbit.quant.binary" for alias in node.names}
-    assert imported == {"BINARY_METHODS"}, "graded references must not be imported by binary_train (sandbox)"
+    graded = {"binarize", "binarize_stochastic", "sign_ste", "bwn_scale", "binarize_weights", "twn_threshold",
+              "twn_quantize", "ttq_quantize", "pack_signs", "xnor_matmul"}
+    assert "BINARY_METHODS" in imported and not imported & graded, "no reference may be imported (sandbox)"
     assert BT.resolve_function(None, "twn_quantize") is binary.twn_quantize
     mine = lambda w: w  # noqa: E731
     assert BT.resolve_function({"binarize": mine}, "binarize") is mine
@@ -254,3 +264,13 @@ def test_training_a_fresh_model_works_without_a_checkpoint(batches):
     torch.manual_seed(0)
     run = quick(FashionCNN(), "bwn", batches[:2])
     assert len(run.losses) == 2 and not run.diverged
+
+
+@pytest.mark.parametrize("method", binary.BINARY_METHODS)
+def test_printing_a_prepared_model_writes_no_warning(model, method):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # nbgrader fails a cell that writes to stderr
+        text = repr(BT.prepare_binary(model, method))
+    assert "weight_quantizer" in text and ("w_p=" in text) == (method == "ttq")

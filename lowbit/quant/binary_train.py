@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from lowbit.quant.binary import BINARY_METHODS
-from lowbit.quant.modules import quantizable_layers, quantized, replace_children, swap_modules
+from lowbit.quant.binary import BINARY_METHODS, per_channel
+from lowbit.quant.modules import LayerConfig, quantizable_layers, quantized, replace_children, swap_modules
 from lowbit.quant.qat import LSQQuantizer, QATRun, check_recipe_length, first_last_policy, recipe_training
 from lowbit.quant.quantizer import Quantizer
 from lowbit.quant.validate import check_bits, check_choice, check_int
@@ -235,7 +235,7 @@ class TTQQuantizer(_GradedWeightQuantizer):
         return self.function("ttq_quantize")(w, self.w_p, self.w_n, self.t)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, t={self.t:g}, w_p={float(self.w_p):.4g}, w_n={float(self.w_n):.4g}"
+        return f"{super().extra_repr()}, t={self.t:g}, w_p={self.w_p.item():.4g}, w_n={self.w_n.item():.4g}"
 
 
 class SignActivation(nn.Module):
@@ -256,7 +256,7 @@ def _scale_into_unit_range(weight: Tensor) -> None:
     with torch.no_grad():
         magnitude = weight.abs().reshape(weight.shape[0], -1).mean(dim=1)
         divisor = torch.where(magnitude > 0, BINARYCONNECT_LATENT_SCALE * magnitude, torch.ones_like(magnitude))
-        weight.div_(divisor.reshape(-1, *([1] * (weight.ndim - 1)))).clamp_(-1.0, 1.0)
+        weight.div_(per_channel(divisor, weight)).clamp_(-1.0, 1.0)
 
 
 def _weight_quantizer(method: str, layer: nn.Module, index: int, seed: int, functions: dict[str, Callable]
@@ -308,9 +308,9 @@ def prepare_binary(model: nn.Module, method: str, first_last_bits: int | None = 
         raise ValueError(f"{type(model).__name__} has no Conv1d / Conv2d / Linear layer to binarize")
     edges = set() if first_last_bits is None else {names[0], names[-1]}
     binary_names = [name for name in names if name not in edges]
-    policy = first_last_policy(model, 1 if method != "twn" and method != "ttq" else 2, first_last_bits)
+    policy = first_last_policy(model, 2 if method in ("twn", "ttq") else 1, first_last_bits)
 
-    def make(name: str, layer: nn.Module, config) -> nn.Module:
+    def make(name: str, layer: nn.Module, config: LayerConfig) -> nn.Module:
         if name in edges:
             return quantized(layer, LSQQuantizer(config.w_bits, signed=True, channel_dim=0, init="minmax",
                                                  example=layer.weight))

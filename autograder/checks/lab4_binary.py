@@ -250,44 +250,49 @@ def check_sign_ste(fn) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- part 2
-def check_bwn_scale(fn) -> None:
-    suite = CheckSuite("bwn_scale", CONTRACT)
+def _channel_statistic_checks(suite: CheckSuite, fn, symbol: str) -> None:
+    """The checks bwn_scale (α) and twn_threshold (Δ) share: one value per output channel, of |w|, in w's dtype."""
     d = suite.draw
 
     def compare(w):
         _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
 
-    with suite.check("α = mean |w| over every axis but 0 (conv weights [C, C_in, k, k])",
-                     hint="w.abs().mean over dims 1..ndim-1: one α per output channel"):
-        compare(_weights(d, *_conv_shape(d)))
-        compare(_weights(d, d.integer(3, 8), d.integer(2, 4), 3, 3))
-    with suite.check("one α per output channel: a [C] result, not one α for the tensor",
+    with suite.check(f"one {symbol} per output channel: a [C] result, not one {symbol} for the tensor",
                      hint="reduce every axis except axis 0, and return shape [C] (not keepdim)"):
         c = d.integer(3, 8)
         compare(_weights(d, c, d.integer(4, 20)) * torch.logspace(-2, 1, c).reshape(-1, 1))
         compare(_weights(d, c, c))                                      # square: rows, not columns
-    with suite.check("mean of |w|, not of w (all-negative channels)", hint="α is the mean of the absolute values"):
+    with suite.check("mean of |w|, not of w (all-negative channels; an all-zero channel gives 0)",
+                     hint="average the absolute values; a channel of zeros gives 0 (no division by a count of "
+                          "nonzeros)"):
         w = _weights(d, d.integer(3, 6), d.integer(4, 12))
         w[0] = -w[0].abs()
-        w[-1] = -w[-1].abs() - 0.01
+        w[-2] = -w[-2].abs() - 0.01
         compare(w)
-    with suite.check("an all-zero channel has α = 0",
-                     hint="mean |w| of zeros is 0 (no division by a count of nonzeros)"):
-        w = _weights(d, d.integer(3, 6), d.integer(3, 10))
         w[d.integer(0, w.shape[0] - 1)] = 0
         compare(w)
-    with suite.check("1-D w: C channels of one weight each (α = |w|)",
-                     hint="a 1-D [C] w has no axis to reduce: α_c = |w_c|"):
+    with suite.check("1-D w: C channels of one weight each",
+                     hint=f"a 1-D [C] w has no axis to reduce: {symbol}_c comes from |w_c| alone"):
         compare(d.mix(torch.tensor([0.0, -0.0, -1.5]), d.normal(d.size(20))))
-    with suite.check("keeps the dtype (float16, bfloat16, float64)", hint="α in w's dtype"):
+    with suite.check("keeps the dtype (float16, bfloat16, float64)", hint=f"{symbol} in w's dtype"):
         for dtype in (torch.float16, torch.bfloat16, torch.float64):
             compare(_weights(d, *_conv_shape(d)).to(dtype))
+    with suite.check("leaves its input unchanged", hint="do not write into w (no w.abs_())"):
+        expect_unchanged(fn, _weights(d, *_conv_shape(d)), what=suite.function)
+
+
+def check_bwn_scale(fn) -> None:
+    suite = CheckSuite("bwn_scale", CONTRACT)
+    d = suite.draw
+    with suite.check("α = mean |w| over every axis but 0 (conv weights [C, C_in, k, k])",
+                     hint="w.abs().mean over dims 1..ndim-1: one α per output channel"):
+        for w in (_weights(d, *_conv_shape(d)), _weights(d, d.integer(3, 8), d.integer(2, 4), 3, 3)):
+            _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
+    _channel_statistic_checks(suite, fn, "α")
     with suite.check("rejects a 0-dim w and channels without elements (ValueError)",
                      hint="w.ndim == 0 or a shape like [C, 0]: raise ValueError saying why"):
         expect_raises(ValueError, fn, torch.tensor(d.uniform(-1.0, 1.0)), what="bwn_scale(a 0-dim w)")
         expect_raises(ValueError, fn, torch.zeros(d.integer(2, 5), 0), what="bwn_scale(w of shape [C, 0])")
-    with suite.check("leaves its input unchanged", hint="do not write into w (no w.abs_())"):
-        expect_unchanged(fn, _weights(d, *_conv_shape(d)), what="bwn_scale")
     suite.finish()
 
 
@@ -366,32 +371,11 @@ def check_binarize_weights(fn) -> None:
 def check_twn_threshold(fn) -> None:
     suite = CheckSuite("twn_threshold", CONTRACT)
     d = suite.draw
-
-    def compare(w):
-        _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
-
     with suite.check("Δ = 0.7 · mean |w| per output channel (conv weights)",
                      hint="0.7 times the mean of |w| over every axis but 0 (not the max, not 0.7 · mean w)"):
-        compare(_weights(d, *_conv_shape(d)))
-        compare(d.heavy_tailed(d.integer(4, 8) * 36).reshape(-1, 4, 3, 3))
-    with suite.check("one Δ per output channel: a [C] result",
-                     hint="reduce every axis except 0; shape [C], not keepdim"):
-        c = d.integer(3, 8)
-        compare(_weights(d, c, d.integer(4, 20)) * torch.logspace(-2, 1, c).reshape(-1, 1))
-        compare(_weights(d, c, c))
-    with suite.check("mean of |w| (all-negative channels, an all-zero channel gives 0)",
-                     hint="use the absolute values; zeros give Δ = 0"):
-        w = _weights(d, d.integer(3, 6), d.integer(4, 12))
-        w[0] = -w[0].abs()
-        w[-1] = 0
-        compare(w)
-    with suite.check("1-D w: Δ_c = 0.7 · |w_c|", hint="a 1-D [C] w is C channels of one weight"):
-        compare(d.normal(d.size(20)))
-    with suite.check("keeps the dtype (float16, bfloat16, float64)", hint="Δ in w's dtype"):
-        for dtype in (torch.float16, torch.bfloat16, torch.float64):
-            compare(_weights(d, *_conv_shape(d)).to(dtype))
-    with suite.check("leaves its input unchanged", hint="do not write into w"):
-        expect_unchanged(fn, _weights(d, *_conv_shape(d)), what="twn_threshold")
+        for w in (_weights(d, *_conv_shape(d)), d.heavy_tailed(d.integer(4, 8) * 36).reshape(-1, 4, 3, 3)):
+            _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
+    _channel_statistic_checks(suite, fn, "Δ")
     suite.finish()
 
 
@@ -404,8 +388,8 @@ def check_twn_quantize(fn) -> None:
     suite = CheckSuite("twn_quantize", CONTRACT)
     d = suite.draw
 
-    def compare(w, *delta, dtype_tol=True):
-        _expect_reference(suite, fn, w, *delta, tolerance=MEAN_TOL[w.dtype] if dtype_tol else None)
+    def compare(w, *delta):
+        _expect_reference(suite, fn, w, *delta, tolerance=MEAN_TOL[w.dtype])
 
     with suite.check("default Δ = twn_threshold(w): values α_c · t with t ∈ {-1, 0, 1}",
                      hint="t = sign(w) · 1{|w| > Δ_c}, Δ_c = 0.7 · mean |w_c|, α_c = mean |w| over |w| > Δ_c"):

@@ -67,8 +67,8 @@ def test_xnor_binarizes_the_inputs_of_the_binary_layers_and_keeps_the_fc_input_a
     fc_input = prepared.relu3[1]
     assert type(fc_input) is LSQQuantizer and fc_input.bits == 8 and not fc_input.signed
     seen = {}
-    hooks = [getattr(prepared, name).register_forward_hook(
-        lambda _m, args, _out, name=name: seen.__setitem__(name, args[0].detach())) for name in ("conv2", "conv3", "fc")]
+    hooks = [getattr(prepared, name).register_forward_hook(lambda _m, args, _out, name=name: seen.__setitem__(
+        name, args[0].detach())) for name in ("conv2", "conv3", "fc")]
     prepared.eval()(batches[0][0])
     for hook in hooks:
         hook.remove()

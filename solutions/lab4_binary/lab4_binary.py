@@ -54,11 +54,13 @@
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # %matplotlib widget
+import copy
 import math
 import time
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -120,7 +122,7 @@ assert_close(binarize(w2), torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]]), 
 assert_dtype(binarize(w2.half()), torch.float16, "binarize of a float16 tensor keeps float16",
              hint="build ±1 with w's dtype (torch.ones_like(w)), not a bool or int64 tensor")
 assert_shape(binarize(torch.zeros(0, 3)), (0, 3), "binarize of an empty [0, 3] tensor")
-assert_not_modified(binarize, w2)
+assert_not_modified(binarize, torch.tensor([[0.25, -4.0, 0.0], [-0.1, 7.0, -3.0]]))  # a fresh input
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_binarize
 check_binarize(binarize)
@@ -167,10 +169,20 @@ def binarize_stochastic(w: torch.Tensor, seed: int) -> torch.Tensor:
 # %% nbgrader={"grade": true, "grade_id": "test_binarize_stochastic", "locked": true, "points": 8, "schema_version": 3, "solution": false, "task": false}
 w = torch.tensor([-3.0, -1.0, -0.6, -0.2, 0.0, 0.2, 0.6, 1.0, 3.0])
 u = torch.rand(w.shape, generator=torch.Generator().manual_seed(7))
-assert_close(binarize_stochastic(w, seed=7), torch.tensor([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
-             "binarize_stochastic(w, seed=7)", atol=0, inputs={"w": w, "u (seed 7)": u},
+expected = torch.tensor([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+assert_close(binarize_stochastic(w, seed=7), expected, "binarize_stochastic(w, seed=7)", atol=0,
+             inputs={"w": w, "u (seed 7)": u},
              hint="u = torch.rand(w.shape, generator=torch.Generator().manual_seed(seed)); +1 where u < p with "
                   "p = clip((w + 1) / 2, 0, 1), -1 elsewhere")
+for dtype in (torch.float16, torch.float64):
+    assert_close(binarize_stochastic(w.to(dtype), seed=7).float(), expected,
+                 f"binarize_stochastic(w as {dtype}, seed=7)", atol=0, inputs={"w": w.to(dtype)},
+                 hint="the same float32 draw u = torch.rand(w.shape, generator=...) whatever w's dtype: not "
+                      "torch.rand(..., dtype=w.dtype), not torch.bernoulli (it draws doubles for float64)")
+tie = torch.where(u >= 0.5, 2 * u - 1, -3.0)   # where u >= 0.5, p = (w + 1) / 2 is exactly u; elsewhere w = -3
+assert_close(binarize_stochastic(tie, seed=7), -torch.ones(9), "binarize_stochastic(w, seed=7) with p == u exactly "
+             "where u >= 0.5", atol=0, inputs={"w": tie, "u (seed 7)": u},
+             hint="strictly +1 where u < p: a tie u == p gives -1 (u <= p gives +1)")
 many = torch.linspace(-1.5, 1.5, 13).repeat(4000, 1)               # 4,000 draws of each of 13 weights
 mean = binarize_stochastic(many, seed=1).mean(dim=0)
 assert_close(mean, torch.linspace(-1.5, 1.5, 13).clamp(-1, 1), "mean of 4,000 draws per weight vs clip(w, -1, 1)",
@@ -187,11 +199,34 @@ assert torch.equal(state, torch.get_rng_state()), \
     "binarize_stochastic changed the global random state: draw u with your own torch.Generator, not torch.rand(w.shape)"
 print("✓ binarize_stochastic: reproducible per seed, the global random generator untouched")
 assert_dtype(binarize_stochastic(w.half(), seed=0), torch.float16, "binarize_stochastic of a float16 tensor")
-assert_not_modified(binarize_stochastic, w, 0)
+assert_not_modified(binarize_stochastic, torch.tensor([-3.0, -0.6, 0.2, 3.0]), 0)
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_binarize_stochastic
 check_binarize_stochastic(binarize_stochastic)
 ### END HIDDEN TESTS
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part1_unbiased_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Experiment: stochastic binarization is unbiased, deterministic is not
+# BinaryConnect keeps its latent weights in $[-1, 1]$, where the hard sigmoid is a probability; below, `conv2`'s weights
+# scaled into that range as Part 5's training does (divided by `BINARYCONNECT_LATENT_SCALE` times their mean |w| per
+# channel, then clipped). One stochastic draw is a poor copy of a weight, but the average of $K$ draws converges to it,
+# the error shrinking like $1/\sqrt{K}$; the deterministic sign is the same ±1 every time, and its average never gets
+# closer.
+
+# %% nbgrader={"grade": false, "grade_id": "part1_unbiased", "locked": true, "schema_version": 3, "solution": false, "task": false}
+from lowbit.quant.binary_train import BINARYCONNECT_LATENT_SCALE
+
+w = model.conv2.weight.detach()
+latent = (w / (BINARYCONNECT_LATENT_SCALE * per_channel(w.abs().mean(dim=(1, 2, 3)), w))).clamp(-1, 1)
+DRAWS = (1, 10, 100) if lowbit.GRADING else (1, 10, 100, 1000)
+total = torch.zeros_like(latent)
+for k in tqdm(range(max(DRAWS)), desc="stochastic draws"):
+    total += binarize_stochastic(latent, seed=k)
+    if k + 1 in DRAWS:
+        print(f"average of {k + 1:>4} stochastic draws: mean |average - w| = "
+              f"{float((total / (k + 1) - latent).abs().mean()):.4f}")
+print(f"deterministic binarize (any number of draws): mean |sign(w) - w| = "
+      f"{float((binarize(latent) - latent).abs().mean()):.4f}")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "ste_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ### The sign's straight-through estimator
@@ -238,7 +273,7 @@ assert_gradient_close(sign_ste, x, wrt=[0], upstream=upstream,
                       hint="the gradient passes where |x| <= 1 (x = ±1 included) and is cancelled where |x| > 1 "
                            "(x = -2, 1.5): a plain STE without the cancel lets it through everywhere")
 assert_dtype(sign_ste(x.half()), torch.float16, "sign_ste of a float16 tensor keeps float16")
-assert_not_modified(sign_ste, x)
+assert_not_modified(sign_ste, torch.tensor([-2.0, -0.5, 0.3, 1.5]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_sign_ste
 check_sign_ste(sign_ste)
@@ -295,13 +330,15 @@ assert_close(bwn_scale(conv), torch.tensor([1.125, 0.875]), "bwn_scale of a conv
 assert_close(bwn_scale(torch.tensor([-2.0, 0.5, 0.0])), torch.tensor([2.0, 0.5, 0.0]), "bwn_scale of a 1-D w [3]",
              atol=0, hint="a 1-D w of shape [C] is C channels of one weight each: alpha = |w|")
 assert_dtype(bwn_scale(w.half()), torch.float16, "bwn_scale of a float16 weight")
-try:
-    bwn_scale(torch.tensor(1.0))
-except ValueError:
-    print("✓ bwn_scale of a 0-dim tensor raises ValueError")
-else:
-    raise AssertionError("bwn_scale(torch.tensor(1.0)) must raise ValueError: a 0-dim tensor has no channel axis")
-assert_not_modified(bwn_scale, w)
+for bad, why in ((torch.tensor(1.0), "a 0-dim tensor has no channel axis"),
+                 (torch.zeros(3, 0), "channels without weights have no mean (0 / 0 = NaN)")):
+    try:
+        bwn_scale(bad)
+    except ValueError:
+        print(f"✓ bwn_scale of shape {tuple(bad.shape)} raises ValueError")
+    else:
+        raise AssertionError(f"bwn_scale of shape {tuple(bad.shape)} must raise ValueError: {why}")
+assert_not_modified(bwn_scale, torch.tensor([[1.0, -3.0], [-0.5, 0.5]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_bwn_scale
 check_bwn_scale(bwn_scale)
@@ -356,11 +393,48 @@ expected = bwn_scale(conv).reshape(3, 1, 1, 1) * binarize(conv)
 assert_close(binarize_weights(conv), expected, "binarize_weights of a conv weight [3, 2, 3, 3]", atol=1e-7,
              hint="reshape alpha [C] to [C, 1, 1, 1] (per_channel(alpha, w)) so it scales axis 0, not the last axis")
 assert_dtype(binarize_weights(w.half()), torch.float16, "binarize_weights of a float16 weight")
-assert_not_modified(binarize_weights, w)
+assert_not_modified(binarize_weights, torch.tensor([[0.5, -1.5, 0.0, 2.0], [-0.2, -0.4, 0.1, 0.3]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_binarize_weights
 check_binarize_weights(binarize_weights)
 ### END HIDDEN TESTS
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part2_experiment_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Experiment: what α buys, before any training
+# For every layer of the pretrained CNN, the relative reconstruction error
+# $\lVert W - \hat W\rVert^2 / \lVert W\rVert^2$ of BinaryConnect's $\operatorname{sign}(W)$ and of your BWN weights
+# $\alpha \odot \operatorname{sign}(W)$. (For Gaussian weights the optimum leaves $1 - 2/\pi \approx 36\,\%$ of the
+# energy: $\alpha^2 = (\mathbb{E}|w|)^2 = \tfrac{2}{\pi}\sigma^2$.)
+# Then the accuracy when `conv2` and `conv3` use each version, **without any training** and with the BatchNorm
+# statistics of the float network: BatchNorm was calibrated for weights of order 0.1, and unscaled ±1 weights
+# multiply each channel's output by about $1/\alpha_c$ — a different factor per channel.
+
+# %% nbgrader={"grade": false, "grade_id": "part2_experiment", "locked": true, "schema_version": 3, "solution": false, "task": false}
+from lowbit.quant.modules import quantizable_layers
+
+
+def relative_error(w: torch.Tensor, q: torch.Tensor) -> float:
+    return float((w - q).square().sum() / w.square().sum())
+
+
+def with_weights(weight_fn, layers=("conv2", "conv3")) -> nn.Module:
+    """A copy of the pretrained CNN whose `layers` compute with weight_fn(weight): no training."""
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in layers:
+            getattr(net, name).weight.copy_(weight_fn(getattr(net, name).weight))
+    return net
+
+
+print(f"{'layer':>6s} {'weights':>8s} {'sign(W)':>9s} {'α·sign(W)':>10s}   (relative reconstruction error)")
+for name, layer in quantizable_layers(model).items():
+    w = layer.weight.detach()
+    print(f"{name:>6s} {w.numel():>8,d} {relative_error(w, binarize(w)):>9.2f} "
+          f"{relative_error(w, binarize_weights(w)):>10.3f}")
+no_training = {label: lowbit.train.evaluate(with_weights(fn), test_loader, max_batches=EVAL_BATCHES)
+               for label, fn in (("sign(W)", binarize), ("α·sign(W)", binarize_weights))}
+print(f"accuracy, conv2 and conv3 binarized, no training: FP32 {100 * fp32_accuracy:.2f} %, " +
+      ", ".join(f"{label} {100 * acc:.2f} %" for label, acc in no_training.items()))
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "part3_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ## Part 3 — Ternary
@@ -402,7 +476,8 @@ conv = torch.arange(-8.0, 8.0).reshape(2, 2, 2, 2) / 4
 assert_close(twn_threshold(conv), torch.tensor([0.7875, 0.6125]), "twn_threshold of a conv weight [2, 2, 2, 2]",
              atol=1e-6, inputs={"w": conv})
 assert_shape(twn_threshold(conv), (2,), "twn_threshold returns shape [C]")
-assert_not_modified(twn_threshold, w)
+assert_dtype(twn_threshold(w.half()), torch.float16, "twn_threshold of a float16 weight keeps float16")
+assert_not_modified(twn_threshold, torch.tensor([[1.0, -2.0, 0.0, 1.0], [0.1, -0.1, 0.3, -0.3]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_twn_threshold
 check_twn_threshold(twn_threshold)
@@ -472,7 +547,7 @@ except ValueError:
     print("✓ twn_quantize with delta = -0.1 raises ValueError")
 else:
     raise AssertionError("twn_quantize(w, delta=-0.1) must raise ValueError: a threshold on |w| cannot be negative")
-assert_not_modified(twn_quantize, w)
+assert_not_modified(twn_quantize, torch.tensor([[1.0, -0.2, 0.4, -0.6], [-0.3, -0.1, -0.5, -0.3]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_twn_quantize
 check_twn_quantize(twn_quantize)
@@ -557,11 +632,55 @@ except ValueError:
     print("✓ ttq_quantize with t = 1.0 raises ValueError")
 else:
     raise AssertionError("ttq_quantize(w, w_p, w_n, t=1.0) must raise ValueError: t must be in [0, 1)")
-assert_not_modified(ttq_quantize, w, w_p, w_n)
+assert_not_modified(ttq_quantize, torch.tensor([-2.0, -0.1, 0.0, 0.5, 1.0]), torch.tensor(1.5), torch.tensor(0.5))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_ttq_quantize
 check_ttq_quantize(ttq_quantize)
 ### END HIDDEN TESTS
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part3_sweep_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Experiment: where should the threshold be?
+# Your `twn_quantize` on `conv2` with $\Delta_c = f \cdot \operatorname{mean}|W_c|$ for factors $f$ from 0 (no zeros:
+# BWN) to 1.5, the relative reconstruction error and the fraction of zeros. TWN's 0.7 should sit near the minimum;
+# the binary error (BWN) is the value at $f = 0$.
+
+# %% nbgrader={"grade": false, "grade_id": "part3_sweep", "locked": true, "schema_version": 3, "solution": false, "task": false}
+w = model.conv2.weight.detach()
+mean_abs = w.abs().mean(dim=(1, 2, 3))
+factors = torch.linspace(0, 1.5, 16 if lowbit.GRADING else 31)
+errors, zeros = [], []
+for f in factors:
+    q = twn_quantize(w, delta=float(f) * mean_abs)
+    errors.append(relative_error(w, q))
+    zeros.append(float((q == 0).float().mean()))
+best = int(torch.tensor(errors).argmin())
+with plt.ioff():
+    figure, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+ax.plot(factors.numpy(), errors, marker=".", color="C3", label="relative error (TWN)")
+ax.axhline(relative_error(w, binarize_weights(w)), color="0.5", linestyle="dotted", label="binary (BWN)")
+ax.axvline(0.7, color="C0", linestyle="dashed", linewidth=1, label="TWN's 0.7")
+ax.set_xlabel("threshold factor f (Δ = f · mean|W|)")
+ax.set_ylabel("||W - Ŵ||² / ||W||²")
+ax.legend(loc="upper center", fontsize="small")
+ax.set_title("conv2: ternary reconstruction error vs threshold")
+display(figure)
+plt.close(figure)
+print(f"best factor {float(factors[best]):.2f}: error {errors[best]:.3f}, {100 * zeros[best]:.0f} % zeros; "
+      f"f = 0.7: error {relative_error(w, twn_quantize(w)):.3f}; binary (BWN): {errors[0]:.3f}")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part3_explore_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Explore: the levels on the weights
+# A layer's weight histogram with the levels of each method drawn on it (solid: ±1, ±α_c, W_p / 0 / −W_n) and the
+# thresholds ±Δ (dashed), computed by **your** functions; below it, the map from latent to quantized weight. Pick a
+# layer and a single output channel, move TWN's factor or TTQ's t, and read the numbers beside: reconstruction
+# error, fraction of zeros, and bits per weight — what the codes take (1 or 2), what the fp32 scales add, and the
+# codes' entropy (what an ideal coder would need). In the whole-layer view every channel has its own α, so BWN and
+# TWN draw one pair of lines per channel. (TTQ starts from $W_p$, $W_n$ = the mean |w| above Δ and below −Δ.)
+
+# %% nbgrader={"grade": false, "grade_id": "part3_widget", "locked": true, "schema_version": 3, "solution": false, "task": false}
+widget_functions = {"binarize": binarize, "binarize_weights": binarize_weights, "twn_threshold": twn_threshold,
+                    "twn_quantize": twn_quantize, "ttq_quantize": ttq_quantize}
+viz.binary.levels_explorer(model, functions=widget_functions, method="twn", layer="conv2")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "part4_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ## Part 4 — Binary activations too: XNOR and popcount
@@ -621,7 +740,7 @@ assert_shape(packed, (3, 3), "pack_signs of [3, 130] -> [3, ceil(130 / 64)]")
 assert_dtype(packed, torch.int64, "pack_signs returns int64 words")
 assert_close(unpack_signs(packed, 130), binarize(x), "unpack_signs(pack_signs(x), 130) vs binarize(x), x [3, 130]",
              atol=0, hint="each row is packed on its own along the last axis")
-assert_not_modified(pack_signs, x)
+assert_not_modified(pack_signs, torch.tensor([[1.0, -1.0, 0.0], [-2.0, 0.5, -0.0]]))
 ### BEGIN HIDDEN TESTS
 from autograder.checks.lab4_binary import check_pack_signs
 check_pack_signs(pack_signs)
@@ -686,3 +805,253 @@ assert_not_modified(xnor_matmul, pack_signs(A), pack_signs(B), 200)
 from autograder.checks.lab4_binary import check_xnor_matmul
 check_xnor_matmul(xnor_matmul)
 ### END HIDDEN TESTS
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part4_exact_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Experiment: a binary convolution is an XNOR–popcount matmul, bit for bit
+# A convolution is a matrix product of the weights `[C_out, C_in·3·3]` with the input's patches `[positions, C_in·3·3]`
+# (`torch.nn.functional.unfold`). Take `conv3`'s input for 100 test images before the ReLU (so it has both signs),
+# binarize it and the weights, and compare `conv2d(sign(x), sign(W))` with your packed product. (No padding here: a
+# padded 0 would be a third value, which `pack_signs` stores as +1.) Then the speed of your torch version against the
+# float product of the same ±1 matrices, and the memory.
+
+# %% nbgrader={"grade": false, "grade_id": "part4_exact", "locked": true, "schema_version": 3, "solution": false, "task": false}
+images, _ = next(iter(test_loader))
+with torch.no_grad():
+    x = model.pool2(model.bn2(model.conv2(model.pool1(model.relu1(model.bn1(model.conv1(images[:100])))))))
+    binary_conv = nn.functional.conv2d(binarize(x), binarize(model.conv3.weight))      # [100, 64, 5, 5]
+patches = nn.functional.unfold(x, kernel_size=3).transpose(1, 2).reshape(-1, 64 * 9)   # [100 · 25, 576]
+weights = model.conv3.weight.detach().reshape(64, -1)                                  # [64, 576]
+start = time.perf_counter()
+xnor = xnor_matmul(pack_signs(patches), pack_signs(weights), patches.shape[1])        # [2500, 64] int64
+seconds = time.perf_counter() - start
+as_conv = xnor.reshape(100, 25, 64).transpose(1, 2).reshape(100, 64, 5, 5)
+print(f"conv3 on 100 images: {patches.shape[0]:,} patches × 64 filters of n = {patches.shape[1]} signs "
+      f"({pack_signs(weights).shape[1]} words each) in {seconds:.2f} s; "
+      f"equal to the float conv2d of the ±1 tensors: {torch.equal(as_conv, binary_conv.round().long())}")
+
+# %% nbgrader={"grade": false, "grade_id": "part4_timing", "locked": true, "schema_version": 3, "solution": false, "task": false}
+M, N, n = (64, 64, 1024) if lowbit.GRADING else (256, 256, 4096)
+generator = torch.Generator().manual_seed(0)
+A, B = binarize(torch.randn(M, n, generator=generator)), binarize(torch.randn(N, n, generator=generator))
+a, b = pack_signs(A), pack_signs(B)
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+xnor_s, float_s = best_of(lambda: xnor_matmul(a, b, n)), best_of(lambda: A @ B.T)
+print(f"[{M}, {n}] × [{N}, {n}]ᵀ, one thread: your xnor_matmul {1e3 * xnor_s:.1f} ms, fp32 A @ B.T "
+      f"{1e3 * float_s:.2f} ms — XNOR is {xnor_s / float_s:.0f}× slower here; bit-exact: "
+      f"{torch.equal(xnor_matmul(a, b, n), (A @ B.T).long())}")
+print(f"memory: packed {a.numel() * 8:,} bytes vs fp32 {A.numel() * 4:,} bytes "
+      f"({A.numel() * 4 / (a.numel() * 8):.0f}× less)")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part4_speed_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# In plain torch the packed product **loses**, by a wide margin: torch has no popcount operation, so `popcount`
+# looks up the 8 bytes of every word in a table (8 memory reads and adds per 64 signs), the `[block, N, W]` XOR is
+# written to memory and read back, while `A @ B.T` runs a tuned, vectorized BLAS kernel. The 64× fewer operations
+# pay only with the processor's own `POPCNT` (or vector popcount) instruction in a fused kernel — XNOR-Net measured
+# a 58× speed-up of binary convolutions that way. `benchmarks/bench_xnor.py` ("XNOR–popcount matmul" in
+# `benchmarks/RESULTS.md`) times the same product against fp32 and int8 matmul at several sizes. The memory saving,
+# 32×, holds whatever the kernel.
+#
+# ### Why the first and the last layer stay wide
+# `conv1` sees raw pixels through only 9 weights per filter: binarized, one filter can only add and subtract pixels
+# with equal weights, and a binary *input* (the image's signs) would throw away its grey levels. `fc` writes the
+# logits: every error lands in the decision. Together they hold 10 % of the weights (288 + 5,760 of 61k), so
+# keeping them at 8 bits costs little memory; every binary and ternary paper (BNN, XNOR-Net, TTQ, DoReFa-Net) does
+# it. Below, your BWN weights in **one** layer at a time, no training.
+
+# %% nbgrader={"grade": false, "grade_id": "part4_first_last", "locked": true, "schema_version": 3, "solution": false, "task": false}
+weight_count = sum(layer.weight.numel() for layer in quantizable_layers(model).values())
+for name, layer in quantizable_layers(model).items():
+    accuracy = lowbit.train.evaluate(with_weights(binarize_weights, (name,)), test_loader, max_batches=EVAL_BATCHES)
+    print(f"BWN in {name:>5s} only ({100 * layer.weight.numel() / weight_count:4.1f} % of the weights): "
+          f"accuracy {100 * accuracy:.2f} % (FP32 {100 * fp32_accuracy:.2f} %)")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part5_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ## Part 5 — Train them
+#
+# lowbit's `train_binary` assembles each network **from your functions** and trains it from the pretrained CNN:
+# `conv2` and `conv3` get a weight quantizer that calls your `sign_ste` (BinaryConnect), `binarize_stochastic`
+# (BinaryConnect, stochastic; a fresh seeded draw in every training step, with a straight-through gradient),
+# `binarize_weights` (BWN), `twn_quantize` (TWN, with a plain STE) or `ttq_quantize` (TTQ, with $W_p$, $W_n$ learned
+# per layer); **W1A1** uses BWN weights and your `sign_ste` on the *activations* entering `conv2` and `conv3`, in
+# place of the ReLUs before them. `conv1` and `fc` keep 8-bit weights (LSQ, per channel; `fc`'s input at 8 bits
+# in W1A1). BinaryConnect's latent weights start as the pretrained ones scaled into $[-1, 1]$ and are clipped there
+# after every step (Courbariaux et al. 2015).
+#
+# **Recipe (short, for this notebook):** half an epoch over the 6,000 embedded training images (24 batches of 128), Adam
+# at each method's tuned learning rate (`binary_train.DEFAULT_LR`: $10^{-3}$; $3 \cdot 10^{-3}$ for stochastic
+# BinaryConnect, $5 \cdot 10^{-3}$ for W1A1; learned scales at a fraction of it, `SCALE_LR`) decaying to 0 along a
+# cosine, BatchNorm on batch statistics, seeded. The README's "Lab 4" section and `benchmarks/RESULTS.md` ("Lab 4
+# accuracy") list the full recipe (3 epochs, embedded and full test sets) run with lowbit's reference functions.
+#
+# **Test time for stochastic BinaryConnect.** The paper evaluates its stochastically trained network with the
+# **real-valued** latent weights, not with a draw of their signs: the binary weights were a regulariser (like
+# dropout) during training. Such a network is not binary at test time (32 bits per weight). We report both:
+# `set_stochastic_test_mode(model, "real")` (the default) and `"sign"`, the truly binary network.
+
+# %% nbgrader={"grade": false, "grade_id": "part5_setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
+from lowbit.quant import binary_train
+from lowbit.results import Row
+
+YOUR_FUNCTIONS = {"binarize": binarize, "binarize_stochastic": binarize_stochastic, "sign_ste": sign_ste,
+                  "binarize_weights": binarize_weights, "twn_quantize": twn_quantize, "ttq_quantize": ttq_quantize}
+FRACTION = 0.02 if lowbit.GRADING else 0.5   # of an epoch: 1 batch while grading, 24 batches here
+fp32_bits = binary_train.binary_size_bits(model)
+runs, accuracy, size_bits = {}, {}, {}
+
+
+def train(method: str) -> None:
+    """Train `method` from the pretrained CNN with the short recipe and your functions; record the results."""
+    run = binary_train.train_binary(model, method, epochs=1, fraction=FRACTION, functions=YOUR_FUNCTIONS)
+    runs[method] = run
+    accuracy[method] = lowbit.train.evaluate(run.model, test_loader, max_batches=EVAL_BATCHES)
+    size_bits[method] = binary_train.binary_size_bits(run.model)
+    print(f"{method}: {100 * accuracy[method]:.2f} % after {len(run.losses)} batches at lr {run.settings['lr']:g} "
+          f"({run.seconds:.1f} s); "
+          f"{size_bits[method] / 8192:.1f} KiB, {fp32_bits / size_bits[method]:.1f}× smaller than FP32 "
+          f"({100 * fp32_accuracy:.2f} %, {fp32_bits / 8192:.0f} KiB)")
+
+# %% nbgrader={"grade": false, "grade_id": "part5_binaryconnect", "locked": true, "schema_version": 3, "solution": false, "task": false}
+train("binaryconnect")
+train("binaryconnect_stochastic")
+stochastic = runs["binaryconnect_stochastic"].model
+binary_train.set_stochastic_test_mode(stochastic, "sign")
+accuracy["binaryconnect_stochastic, signs"] = lowbit.train.evaluate(stochastic, test_loader, max_batches=EVAL_BATCHES)
+size_bits["binaryconnect_stochastic, signs"] = binary_train.binary_size_bits(stochastic)
+binary_train.set_stochastic_test_mode(stochastic, "real")
+print(f"stochastic BinaryConnect tested with the real-valued weights "
+      f"{100 * accuracy['binaryconnect_stochastic']:.2f} %, with their signs "
+      f"{100 * accuracy['binaryconnect_stochastic, signs']:.2f} %")
+
+# %% nbgrader={"grade": false, "grade_id": "part5_scaled", "locked": true, "schema_version": 3, "solution": false, "task": false}
+for method in ("bwn", "twn", "ttq"):
+    train(method)
+
+# %% nbgrader={"grade": false, "grade_id": "part5_xnor", "locked": true, "schema_version": 3, "solution": false, "task": false}
+train("xnor")
+
+# %% nbgrader={"grade": false, "grade_id": "part5_curves", "locked": true, "schema_version": 3, "solution": false, "task": false}
+viz.qat.training_curves({method: run.losses for method, run in runs.items()}, reference=math.log(10),
+                        title="Binary and ternary training from the pretrained CNN (short recipe)")
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part5_ttq_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Explore: what TTQ learned
+# The levels explorer on the trained TTQ network's latent weights, with its **learned** $W_p$ and $W_n$ — one pair
+# per layer, and unlike TWN's single α per channel they need not be equal: the asymmetry is what TTQ adds. (With the
+# short recipe and the scales' small learning rate they move little from where they started.)
+
+# %% nbgrader={"grade": false, "grade_id": "part5_ttq_widget", "locked": true, "schema_version": 3, "solution": false, "task": false}
+ttq_layers = {name: module for name, module in runs["ttq"].model.named_modules()
+              if isinstance(getattr(module, "weight_quantizer", None), binary_train.TTQQuantizer)}
+learned = {name: (m.weight_quantizer.w_p.detach(), m.weight_quantizer.w_n.detach()) for name, m in ttq_layers.items()}
+for name, (w_p, w_n) in learned.items():
+    start_p, start_n = viz.binary.ttq_initial_scales(getattr(model, name).weight.detach(), 0.05)
+    print(f"{name}: W_p {float(start_p):.4f} -> {float(w_p):.4f}, W_n {float(start_n):.4f} -> {float(w_n):.4f} "
+          "(start -> trained)")
+viz.binary.levels_explorer({name: m.weight for name, m in ttq_layers.items()}, functions=widget_functions,
+                           method="ttq", layer="conv2", ttq_scales=learned)
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "part6_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ## Part 6 — Wrap-up
+#
+# ### Your results
+# All computed with your functions in this notebook (short recipe; `conv1` and `fc` at 8 bits; sizes count 1 bit
+# per binary weight, 2 per ternary one, 8 for the wide layers and 32 for scales, BatchNorm and biases). Expect the
+# ordering of the papers' ImageNet anchors (ResNet-18: FP 69.6 %, TTQ 66.6 %, TWN 65.3 %, BWN 60.8 %): ternary above
+# binary, a scale above none, TTQ's learned asymmetric levels at or above TWN's; W1A1, which binarizes the
+# activations too, lowest. Compare with the full recipe in the README's "Lab 4" table: every run is seeded, and a gap
+# of more than a point or two from the reference run of the same recipe usually means a bug.
+
+# %% nbgrader={"grade": false, "grade_id": "part6_table", "locked": true, "schema_version": 3, "solution": false, "task": false}
+LABELS = {"binaryconnect": ("BinaryConnect (sign, no scale)", 1),
+          "binaryconnect_stochastic": ("BinaryConnect stochastic, real-valued test weights", 32),
+          "binaryconnect_stochastic, signs": ("BinaryConnect stochastic, tested with signs", 1),
+          "bwn": ("BWN (α · sign)", 1), "twn": ("TWN (Δ = 0.7 · mean|W|)", 2), "ttq": ("TTQ (learned W_p, W_n)", 2),
+          "xnor": ("W1A1 (BWN weights, sign activations)", 1)}
+rows = [Row("FP32", fp32_accuracy, bits=32, size_bits=fp32_bits)]
+rows += [Row(label, accuracy[key], bits=bits, size_bits=size_bits[key]) for key, (label, bits) in LABELS.items()]
+print(lowbit.results.table(rows))
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "reflection_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Reflection (graded by hand)
+# Answer each in 3–5 sentences, citing numbers from your own results above.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "q1_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **Q1 (4 points).** Why does a scale rescue a binary network? Use the reconstruction errors and the untrained
+# accuracies of Part 2, and then explain why, after training, BinaryConnect without any scale ends up much closer
+# to BWN in this CNN than before training.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "q1_answer", "locked": false, "points": 4, "schema_version": 3, "solution": true, "task": false}
+# A ±1 weight is about ten times too large for weights of order 0.1: sign(W) leaves a relative reconstruction
+# error of 8–73 (the error is larger than the weights themselves), α·sign(W) with α = mean|W| per channel, the
+# least-squares optimum, about 0.32–0.40 (near 1 − 2/π for Gaussian weights). Without training, conv2 and conv3
+# with sign(W) give about 38 % accuracy, with α·sign(W) about 57 % (FP32 92.7 %). A per-channel factor in front of
+# a convolution, though, is exactly what the BatchNorm after it can absorb: BN divides each channel by its batch
+# standard deviation during training, so the network re-learns the missing scale and BinaryConnect reaches ≈ 89 %
+# against BWN's ≈ 90 % after half an epoch. The scale matters most where no normalisation follows (a linear layer,
+# a residual sum) and, before any training, always.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "q2_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **Q2 (4 points).** Why do the first and last layers stay at 8 bits? Use Part 4's one-layer-at-a-time experiment
+# and the share of the weights each layer holds.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "q2_answer", "locked": false, "points": 4, "schema_version": 3, "solution": true, "task": false}
+# Per weight, conv1 is by far the most sensitive layer: BWN in conv1 alone drops the accuracy to ≈ 44 %, although
+# it holds 0.5 % of the weights (288), while conv3, with 60 % of the weights, loses only ≈ 10 pt. conv1 has only 9
+# weights per filter on raw pixels: with ±α each filter can only add and subtract neighbouring pixels equally, and
+# a binarized input would keep just the sign of each pixel. fc writes the logits, so every error lands directly in
+# the decision (BWN in fc alone: ≈ 82 %). Keeping both at 8 bits costs little: 6,048 weights at 8 instead of 1 bit
+# is ≈ 5 KiB of the model, and every binary and ternary paper (BNN, XNOR-Net, TWN, TTQ) does it.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "q3_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **Q3 (5 points).** Where does ternary sit between 1 and 2 bits? Consider storage (the table's size column), the
+# information the codes carry (the explorer's entropy), what the zeros buy in computation, and accuracy.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "q3_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
+# A ternary code carries at most log2 3 ≈ 1.58 bits; stored simply it takes 2 bits (the table's 11.3× against 16.5×
+# for binary), packed 5 trits to a byte 1.6 bits, and with TWN's threshold about 40–50 % of the codes are 0, so
+# their entropy (the explorer: ≈ 1.5 bits per weight) is below that. In computation the zeros are free — a
+# multiply by 0 is skipped, and a ternary dot product is two popcounts (the +1 and −1 masks) — so it costs about
+# twice a binary one, still far from a 2-bit product of four levels. In accuracy ternary recovers most of the gap:
+# TWN ≈ 91.2 % and TTQ ≈ 91.4 % against BWN's ≈ 90.2 % (FP32 92.7 %), because the small weights, which binary
+# rounds to ±α, the largest relative error, become exact zeros: the reconstruction error falls from 0.40 to 0.22.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "q4_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# **Q4 (5 points).** Explain the ordering of your results table, from W1A1 at the bottom to TTQ at the top. Why is
+# stochastic BinaryConnect below the deterministic one here, and why does its real-valued test-time network not
+# count as a binary network?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "q4_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
+# The more of the network is reduced and the cruder the levels, the lower the accuracy: TTQ (≈ 91.3 %) ≥ TWN (≈ 91.2 %),
+# three levels with (TTQ) or without learned asymmetric scales; BWN (≈ 90.2 %), one bit with the least-squares scale;
+# BinaryConnect (≈ 89.1 %), one bit without it; W1A1 (≈ 78.5 %) binarizes the activations too, so every feature map
+# entering conv2 and conv3 keeps one bit per value, and the STE on activations adds gradient error on top. This matches
+# the papers' ImageNet ordering (FP 69.6 > TTQ 66.6 > TWN 65.3 > BWN 60.8). Stochastic BinaryConnect (≈ 88.4 % with the
+# real-valued weights, ≈ 85.4 % with their signs) trains a different random network at every step: the latent weights
+# lie well inside (−1, 1), where p is far from 0 and 1, so many signs change from one step to the next — a strong
+# regulariser (like dropout) that pays over long training, not over half an epoch of fine-tuning, and the network it
+# leaves is tuned to the average weight, not to one draw of signs. Its test-time network uses the 32-bit latent weights
+# (1.1× smaller than FP32): it is a float network trained with binary noise, not a binary one.
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "further_reading", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# ### Further reading
+# - M. Courbariaux, Y. Bengio, J.-P. David, 2015. *BinaryConnect: Training Deep Neural Networks with binary weights during propagations.* NeurIPS.
+# - I. Hubara, M. Courbariaux, D. Soudry, R. El-Yaniv, Y. Bengio, 2016. *Binarized Neural Networks.* NeurIPS.
+# - M. Rastegari, V. Ordonez, J. Redmon, A. Farhadi, 2016. *XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks.* ECCV.
+# - F. Li, B. Zhang, B. Liu, 2016. *Ternary Weight Networks.* arXiv:1605.04711.
+# - C. Zhu, S. Han, H. Mao, W. J. Dally, 2017. *Trained Ternary Quantization.* ICLR.
+# - S. Zhou et al., 2016. *DoReFa-Net: Training Low Bitwidth Convolutional Neural Networks with Low Bitwidth Gradients.* arXiv:1606.06160.
+# - Z. Liu et al., 2018. *Bi-Real Net: Enhancing the Performance of 1-bit CNNs with Improved Representational Capability and Advanced Training Algorithm.* ECCV.
+# - H. Qin et al., 2020. *Binary Neural Networks: A Survey.* Pattern Recognition.
+# - S. Ma et al., 2024. *The Era of 1-bit LLMs: All Large Language Models are in 1.58 Bits.* arXiv:2402.17764 (ternary weights, TWN's idea, at LLM scale).
+#
+# Next: **Lab 5**, where the rounding decision itself is learned (AdaRound).

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from _results import write_section
-from bench_qat import interleaved_medians
+from _timing import interleaved_medians
 from lowbit.quant import binary as B
 
 #: (label, M, K, N): conv2 and conv3 of the course CNN (batch 128, 3×3 kernels, padding 1) and squares.

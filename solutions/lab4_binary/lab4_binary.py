@@ -854,9 +854,10 @@ print(f"memory: packed {a.numel() * 8:,} bytes vs fp32 {A.numel() * 4:,} bytes "
       f"({A.numel() * 4 / (a.numel() * 8):.0f}× less)")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "part4_speed_md", "locked": true, "schema_version": 3, "solution": false, "task": false}
-# In plain torch the packed product **loses**, by a wide margin: torch has no popcount operation, so `popcount`
-# looks up the 8 bytes of every word in a table (8 memory reads and adds per 64 signs), the `[block, N, W]` XOR is
-# written to memory and read back, while `A @ B.T` runs a tuned, vectorized BLAS kernel. The 64× fewer operations
+# In plain torch the packed product **loses**: torch has no popcount operation, so `popcount` counts the bits of
+# every word with a dozen shift-and-mask passes (the SWAR trick), each one a pass over memory, and the
+# `[block, N, W]` XOR is written to memory and read back, while `A @ B.T` runs a tuned, vectorized BLAS kernel that
+# keeps its tiles in registers. The 64× fewer operations
 # pay only with the processor's own `POPCNT` (or vector popcount) instruction in a fused kernel — XNOR-Net measured
 # a 58× speed-up of binary convolutions that way. `benchmarks/bench_xnor.py` ("XNOR–popcount matmul" in
 # `benchmarks/RESULTS.md`) times the same product against fp32 and int8 matmul at several sizes. The memory saving,

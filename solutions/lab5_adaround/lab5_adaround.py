@@ -86,8 +86,8 @@ print(f"FashionCNN: {sum(p.numel() for p in folded.parameters()):,} parameters a
 # ## Part 1 — Cross-layer equalization
 #
 # Fold a BatchNorm into the conv before it (Lab 2) and each output channel of the conv is multiplied by its own
-# $\gamma_c / \sigma_c$: after folding, the ranges of a layer's channels can differ by two orders of magnitude (the
-# box plots below show it for `conv1`). One scale per tensor must then cover the widest channel, and the narrow
+# $\gamma_c / \sigma_c$: after folding, the ranges of a layer's channels can differ by an order of magnitude (12× in
+# `conv1`, in the box plots below; more in deeper networks such as MobileNets). One scale per tensor must then cover the widest channel, and the narrow
 # ones land on a handful of grid points — or on zero. Per-channel scales (Lab 2) solve this in hardware that
 # supports them; Nagel, van Baalen, Blankevoort & Welling (2019, *Data-Free Quantization Through Weight
 # Equalization and Bias Correction*, ICCV) solve it **in the weights**, for any grid.
@@ -1076,29 +1076,31 @@ plt.close(figure)
 # plots, and say why the equalized network computes exactly the same function as the folded one before quantization.
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "q1_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
-# After BatchNorm folding the channel ranges of a layer differ by large factors (the box plots: up to two orders of
-# magnitude in `conv1`), so one scale per tensor, set by the widest channel, leaves the narrow channels a few grid
-# points or none: per-tensor W4 loses about 8 pt (≈ 84 % against 92.7 % FP32). After CLE each pair's channels have
-# the range √(r1·r2), the spread shrinks to a few times, and per-tensor W4 recovers to ≈ 91 %. Per channel, every
-# channel already had its own scale, so there was little to gain (≈ 91.2 → 91.8 %): CLE only moves range between a
-# channel of one layer and the matching input channel of the next. The function is unchanged because ReLU and max
-# pooling are positively homogeneous: ReLU(x / s) = ReLU(x) / s for s > 0, so dividing output channel i of the first
-# layer (weights and bias) by s_i and multiplying input channel i of the second by s_i cancels exactly (the logits
-# changed by float rounding only, ≈ 1e-7).
+# After BatchNorm folding the channel ranges of a layer differ by large factors (the box plots: 12× between the
+# widest and the narrowest channel of `conv1`, 3× in `conv2` and `conv3`), so one scale per tensor, set by the widest
+# channel, leaves the narrow channels only a few of the 16 levels of 4 bits: per-tensor W4 falls to 84.2 % (FP32
+# 92.67 %). After CLE the spreads shrink to 3.2×, 2.0× and 1.7×, and per-tensor W4 recovers to 91.3 %, as good as
+# per channel without CLE (91.2 %). Per channel, every channel already has its own scale, so there is little to gain
+# (91.2 → 91.8 %): CLE only moves range between a channel of one layer and the matching input channel of the next.
+# At 8 bits there is nothing to fix (92.6 % either way). The function is unchanged because ReLU and max pooling are
+# positively homogeneous: ReLU(x / s) = ReLU(x) / s for s > 0, so dividing output channel i of the first layer
+# (weights and bias) by s_i and multiplying input channel i of the second by s_i cancels exactly — the logits
+# changed by 5e-7 of their range, float rounding.
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "q2_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # **Q2 (5 points).** Bias correction fixes the mean of each output. When did it help in Part 2 and when not? Why does
 # the analytic (data-free) correction differ from the empirical one on this network?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "q2_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
-# It helps where the rounding error has a large systematic part per channel: per-channel W4 and W3 gain about half a
-# point (e.g. W4 91.2 → 91.7 %), per-tensor W4 after CLE a little; at 8 bits the errors are tiny and the change is
-# within noise (±0.1 pt). Per tensor without CLE it can even hurt: there the error is not a shift but a loss of
-# resolution in narrow channels, which a bias cannot undo, and the corrected mean is computed from float inputs that
-# the quantized network no longer produces. The analytic correction assumes x = ReLU of a Gaussian N(β, γ²) per
-# channel straight after the BatchNorm; in this CNN a max pooling sits in between, which raises the mean (the
-# analytic means were below the measured ones), and the pre-activations are not exactly Gaussian, so it corrects
-# less well than the measured means — but it needs no data at all.
+# It helped where quantization leaves a systematic shift per output channel and the inputs it was computed from
+# are still representative: W3 per channel gains 0.6 pt (89.6 → 90.2 %, empirical) and about 1 pt after CLE
+# (89.7 → 90.6 / 90.8 %), per-tensor W4 after CLE 0.6 pt (91.3 → 91.8 %). Per tensor *without* CLE it hurts
+# (84.2 → 81.3 / 82.5 %): there the error is not a shift but the loss of resolution in narrow channels, which a
+# bias cannot undo, and each layer's correction uses float-model statistics that the badly quantized network no
+# longer produces. The analytic correction assumes x = ReLU of a Gaussian N(β, γ²) straight after the BatchNorm;
+# in this CNN a max pooling sits in between, which raises the mean (analytic 0.25 vs measured 0.35 for conv2's
+# inputs), the pre-activations are not exactly Gaussian, and for fc the per-channel estimates do not even
+# correlate with the measured ones (−0.02). It is still useful because it needs no data at all.
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "q3_prompt", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # **Q3 (5 points).** Explain the roles of the rectified sigmoid's stretch (ζ, γ), the regularizer and the β schedule.
@@ -1122,14 +1124,15 @@ plt.close(figure)
 # with Lab 3's QAT? Mention the cost of each.
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "q4_answer", "locked": false, "points": 5, "schema_version": 3, "solution": true, "task": false}
-# Rounding to nearest per channel loses ≈ 1.5 pt at W4, ≈ 3 pt at W3 and collapses at W2 (≈ 17 %); AdaRound ends at
-# ≈ 92.4 %, ≈ 91.8 % and ≈ 82 % (FP32 92.7 %), i.e. ≈ 80 %, ≈ 70 % and ≈ 86 % of the gap with the short settings
-# (the README's longer benchmark run recovers more). Keeping conv1 and fc at 8 bits adds ≈ 8 pt at W2 (≈ 90 %) for
-# about 5 KiB: conv1's 9 weights per filter and the logits layer are the most sensitive. CLE and bias correction
-# cost well under a second, AdaRound ≈ 4 s per layer here; QAT needs labels and minutes of training. Learned rounding
-# is enough at 4 and 3 bits, where it matches QAT within about a point at a fraction of the cost; at 2 bits the
-# grid is too coarse for any rounding of the trained weights, and QAT (90.7 % at W2A2) remains the better choice
-# unless the first and last layers stay wide.
+# Rounding to nearest per channel loses 1.5 pt at W4, 3.0 pt at W3 and collapses at W2 (16.9 %); AdaRound ends at
+# 92.4 %, 91.8 % and 82.0 % (FP32 92.67 %), i.e. 84 %, 70 % and 86 % of the gap with the notebook's short settings
+# (250 iterations per layer; the README's benchmark with 1,000 recovers more at W3). Keeping conv1 and fc at 8 bits
+# adds 8 pt at W2 (90.1 %) for about 5 KiB (11.6× instead of 14.7× smaller than FP32): conv1's 9 weights per filter
+# and the logits layer are the most sensitive. CLE and bias correction take well under a second and add little on
+# top (at W2 the full pipeline is even below AdaRound alone, 79.1 %); AdaRound takes a few seconds per layer from
+# 256 unlabelled images; QAT needs labels and minutes of training. Learned rounding is enough at 4 and 3 bits, where
+# it matches Lab 3's QAT (92.5 % at W4A4, 91.2 % at W3A3) at a fraction of the cost; at 2 bits the best rounding of
+# the trained weights is 9 pt short of QAT's W2A2 90.7 % unless the first and last layers stay at 8 bits.
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "further_reading", "locked": true, "schema_version": 3, "solution": false, "task": false}
 # ### Further reading

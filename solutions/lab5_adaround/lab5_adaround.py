@@ -297,7 +297,10 @@ ranges = viz.linear.channel_range_boxplot({"BN-folded": folded, "after CLE": equ
 
 # %% nbgrader={"grade": false, "grade_id": "part1_accuracy", "locked": true, "schema_version": 3, "solution": false, "task": false}
 def accuracy_of(net: nn.Module) -> float:
-    return lowbit.train.evaluate(net, test_loader, max_batches=EVAL_BATCHES)
+    """Top-1 accuracy on the embedded test set. Evaluated on a channels-last copy: the CPU convolutions run about
+    1.7× faster that way, with the same predictions."""
+    fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    return lowbit.train.evaluate(fast, test_loader, max_batches=EVAL_BATCHES)
 
 
 cle_accuracy = {}
@@ -489,7 +492,7 @@ check_corrected_bias(corrected_bias)
 from lowbit.quant import bias_correction
 
 BC_FUNCTIONS = {"expected_relu_input": expected_relu_input, "corrected_bias": corrected_bias}
-calib_images, _ = lowbit.data.calibration_batch(32 if lowbit.GRADING else 256)
+calib_images, _ = lowbit.data.calibration_batch(16 if lowbit.GRADING else 256)
 empirical_means = bias_correction.input_means(folded, calib_images)
 analytic_means = bias_correction.analytic_input_means(folded, model, expected_fn=expected_relu_input)
 for name, analytic in analytic_means.items():
@@ -929,7 +932,7 @@ keep = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))
 conv2_weight = folded.conv2.weight.detach().reshape(64, -1)
 conv2_scale = per_channel_qparams(conv2_weight, 3).reshape(-1)
 explorer = viz.adaround.rounding_explorer(conv2_weight, conv2_scale, rows[keep], targets[keep], bits=3,
-                                          bias=folded.conv2.bias.detach(), iterations=40 if lowbit.GRADING else 400,
+                                          bias=folded.conv2.bias.detach(), iterations=20 if lowbit.GRADING else 400,
                                           functions=ADAROUND_FUNCTIONS)
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "part4_intro", "locked": true, "schema_version": 3, "solution": false, "task": false}
@@ -955,7 +958,7 @@ explorer = viz.adaround.rounding_explorer(conv2_weight, conv2_scale, rows[keep],
 from lowbit.results import Row
 
 ITERATIONS = 10 if lowbit.GRADING else 250
-MAX_ROWS = 2048 if lowbit.GRADING else 16384
+MAX_ROWS = 512 if lowbit.GRADING else 16384
 BIT_WIDTHS = (4, 3, 2)
 METHODS = ("nearest", "CLE", "CLE + BC", "AdaRound", "all: CLE + AdaRound + BC", "AdaRound, first/last at 8 bits")
 YOUR_FUNCTIONS = {**CLE_FUNCTIONS, **BC_FUNCTIONS, **ADAROUND_FUNCTIONS, "adaround_layer": adaround_layer}

@@ -1,7 +1,7 @@
 """Shared pieces of the lab accuracy benchmarks (bench_lab2/3/4/5_accuracy.py): test-set evaluators and options.
 
-``test_evaluators(full)`` (alias ``evaluators``): ``{"embedded": model → top-1 accuracy in [0, 1]}`` plus
-``"full"`` when ``full``; ``TEST_SETS``: their labels; ``training_options`` / ``parser``: the command lines.
+``test_evaluators(full)``: ``{"embedded": model → top-1 accuracy in [0, 1]}`` plus ``"full"`` when ``full``;
+``TEST_SETS``: their labels; ``parser`` (every benchmark's options) and ``training_options`` (a training one's).
 """
 from __future__ import annotations
 
@@ -29,22 +29,6 @@ def test_evaluators(full_test: bool) -> Evaluators:
     return evaluators
 
 
-def training_options(parser: argparse.ArgumentParser, epochs: int, what: str, quick: str) -> None:
-    """The options of a benchmark that trains: --write, --full-test, --threads, --no-progress, --epochs (default
-    ``epochs``, ``what`` says per what) and --fraction (``quick``: the arguments of a quick check)."""
-    parser.add_argument("--write", action="store_true")
-    parser.add_argument("--full-test", action="store_true", help="also evaluate on the full 10,000-image test set")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"{what} (the recipe: {epochs})")
-    parser.add_argument("--fraction", type=float, default=1.0, help="fraction of each epoch's batches (a quick "
-                        f"check: {quick})")
-
-
-#: bench_lab5_accuracy's name for ``test_evaluators``.
-evaluators = test_evaluators
-
-
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """The common options of a benchmark that does not train (add a script's own to the returned parser)."""
     made = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,3 +37,11 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     made.add_argument("--threads", type=int, default=1)
     made.add_argument("--no-progress", action="store_true")
     return made
+
+
+def training_options(made: argparse.ArgumentParser, epochs: int, what: str, quick: str) -> None:
+    """Add the options of a benchmark that trains to ``made`` (from ``parser``): --epochs (default ``epochs``,
+    ``what`` says per what) and --fraction (``quick``: the arguments of a quick check)."""
+    made.add_argument("--epochs", type=int, default=epochs, help=f"{what} (the recipe: {epochs})")
+    made.add_argument("--fraction", type=float, default=1.0, help="fraction of each epoch's batches (a quick "
+                      f"check: {quick})")

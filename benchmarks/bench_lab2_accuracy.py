@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 import lowbit
-from _accuracy import test_evaluators
+from _accuracy import TEST_SETS, test_evaluators
 from _results import write_section
 from lowbit.models import model_size_bits
 from lowbit.quant.kmeans import Codebook, finetune_codebooks, model_bits, quantize_model_kmeans
@@ -105,7 +105,7 @@ def main() -> None:
     evaluators = test_evaluators(args.full_test)
     rows = table(evaluators)
     sections = []
-    for test_set, label in (("embedded", "Embedded test subset (3,000 images)"), ("full", "Full test set (10,000 images)")):
+    for test_set, label in TEST_SETS:
         if test_set in evaluators:
             sections.append(f"**{label}**, accuracy (pt vs FP32)\n\n{markdown(rows, test_set)}\n\n"
                             + "\n".join(goal_lines(rows, test_set)))

@@ -20,7 +20,6 @@ benchmarks/RESULTS.md ("Lab 3 accuracy"). Seeded and single-threaded: the same f
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -29,7 +28,8 @@ from torch import nn
 from tqdm import tqdm
 
 import lowbit
-from _accuracy import Evaluators, test_evaluators, training_options
+from _accuracy import TEST_SETS, Evaluators, test_evaluators, training_options
+from _accuracy import parser as _accuracy_parser
 from _results import write_section
 from lowbit.models import FashionCNN, fold_batchnorm, model_size_bits
 from lowbit.quant import qat as Q
@@ -144,7 +144,7 @@ def goal_lines(widths: list[dict], test_set: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _accuracy_parser(__doc__)
     training_options(parser, EPOCHS, "QAT epochs per run", "--epochs 1 --fraction 0.05 --quick-ptq")
     parser.add_argument("--quick-ptq", action="store_true", help="PTQ with the min-max observer only")
     args = parser.parse_args()
@@ -155,8 +155,7 @@ def main() -> None:
                   ("minmax",) if args.quick_ptq else Q.PTQ_OBSERVERS)
     widths, extra = main_rows(study)
     sections = []
-    for test_set, label in (("embedded", "Embedded test subset (3,000 images)"),
-                            ("full", "Full test set (10,000 images)")):
+    for test_set, label in TEST_SETS:
         if test_set in evaluators:
             sections.append(f"**{label}**, QAT ({args.epochs} epochs × {args.fraction:g}) vs the best PTQ per width\n\n"
                             f"{markdown(widths, test_set)}\n\n" + "\n".join(goal_lines(widths, test_set)))

@@ -17,7 +17,6 @@ single-threaded: the same figures every run.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 import lowbit
 from _accuracy import Evaluators, test_evaluators, training_options
+from _accuracy import parser as _accuracy_parser
 from _results import write_section
 from lowbit.models import model_size_bits
 from lowbit.quant import binary_train as BT
@@ -102,7 +102,7 @@ def goal_lines(rows: list[dict], test_sets: list[str]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _accuracy_parser(__doc__)
     training_options(parser, EPOCHS, "training epochs per method", "--epochs 1 --fraction 0.05")
     args = parser.parse_args()
     if args.write and (args.epochs, args.fraction) != (EPOCHS, 1.0):

@@ -161,7 +161,7 @@ def main() -> None:
         raise SystemExit("--write records the tuned settings' figures only: drop --quick")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    evaluators = _accuracy.evaluators(args.full_test)
+    evaluators = _accuracy.test_evaluators(args.full_test)
     iterations = 100 if args.quick else A.ITERATIONS
     study = Study(evaluators, iterations, not args.no_progress)
     fp32 = study.scores(study.model)

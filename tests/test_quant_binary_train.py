@@ -256,7 +256,7 @@ def test_the_references_are_resolved_by_name_not_imported(model):
     assert BT.resolve_function(None, "twn_quantize") is binary.twn_quantize
     mine = lambda w: w  # noqa: E731
     assert BT.resolve_function({"binarize": mine}, "binarize") is mine
-    with pytest.raises(ValueError, match="function name must be one of"):
+    with pytest.raises(ValueError, match="'pack_signs' is not a graded function of this pipeline"):
         BT.resolve_function(None, "pack_signs")
 
 

@@ -125,7 +125,7 @@ def test_the_students_functions_are_the_ones_drawn(model, capsys):
     raising = viz.levels_explorer(model, method="twn", functions={"twn_quantize": lambda w, d: 1 / 0}, show=False)
     assert "ZeroDivisionError" in raising.stats["error"]
     assert "✗ levels_explorer" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="unknown function names"):
+    with pytest.raises(ValueError, match="which this pipeline does not use"):
         viz.levels_explorer(model, functions={"binarise": B.binarize}, show=False)
     with pytest.raises(ValueError, match="method must be one of"):
         viz.levels_explorer(model, method="xnor", show=False)

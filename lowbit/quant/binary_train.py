@@ -22,13 +22,13 @@ student's, in the lab; a missing name uses the reference in ``lowbit.quant.binar
 """
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from lowbit.quant import graded
 from lowbit.quant.binary import BINARY_METHODS, per_channel
 from lowbit.quant.modules import LayerConfig, quantizable_layers, quantized, replace_children, swap_modules
 from lowbit.quant.qat import LSQQuantizer, QATRun, check_recipe_length, first_last_policy, recipe_training
@@ -71,30 +71,19 @@ BINARYCONNECT_LATENT_SCALE = 1.0
 
 
 # ------------------------------------------------------------------------------------------ functions
+#: Each graded name training calls → the module of its reference (``lowbit.quant.graded``'s form).
+KNOWN_FUNCTIONS = {name: REFERENCE_MODULE for name in FUNCTION_NAMES}
+
+
 def _check_functions(functions: Mapping[str, Callable] | None) -> dict[str, Callable]:
     """``functions`` as a dict after checking its names and values (None → empty: every reference)."""
-    if functions is None:
-        return {}
-    if not isinstance(functions, Mapping):
-        raise TypeError(f"functions must be a mapping from function names to callables, got "
-                        f"{type(functions).__name__}")
-    unknown = sorted(set(functions) - set(FUNCTION_NAMES))
-    if unknown:
-        raise ValueError(f"functions names {unknown}, which training does not use; known names: "
-                         f"{', '.join(FUNCTION_NAMES)}")
-    for name, fn in functions.items():
-        if not callable(fn):
-            raise TypeError(f"functions[{name!r}] must be callable, got {type(fn).__name__}")
-    return dict(functions)
+    return graded.check_functions(functions, KNOWN_FUNCTIONS)
 
 
 def resolve_function(functions: Mapping[str, Callable] | None, name: str) -> Callable:
     """``functions[name]`` when given, else the reference ``lowbit.quant.binary.<name>``, imported now (see
     ``REFERENCE_MODULE`` for why not at the top of this module). ``name``: one of ``FUNCTION_NAMES``."""
-    check_choice("function name", name, FUNCTION_NAMES)
-    if functions and name in functions:
-        return functions[name]
-    return getattr(importlib.import_module(REFERENCE_MODULE), name)
+    return graded.resolve_function(functions, name, KNOWN_FUNCTIONS)
 
 
 # ------------------------------------------------------------------------------------------ quantizers

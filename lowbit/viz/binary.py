@@ -11,7 +11,6 @@ The whole layer is always quantized (a per-channel scale needs every channel, TT
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Mapping
 
 import ipywidgets as widgets
@@ -21,6 +20,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from lowbit.quant import graded
 from lowbit.quant.modules import quantizable_layers
 from lowbit.viz.linear import Explorer, _finish, has_widget_frontend
 
@@ -34,14 +34,11 @@ _BINS = 80
 
 
 def _functions(functions: Mapping[str, Callable] | None) -> dict[str, Callable]:
-    """The functions to draw with: the given ones, lowbit's references for the rest (looked up by name, as
-    ``binary_train.resolve_function`` does, so that importing this module does not reach the references)."""
-    given = dict(functions or {})
-    unknown = sorted(set(given) - set(FUNCTION_NAMES))
-    if unknown:
-        raise ValueError(f"unknown function names {unknown}; levels_explorer uses {list(FUNCTION_NAMES)}")
-    references = importlib.import_module("lowbit.quant.binary")
-    return {name: given.get(name, getattr(references, name)) for name in FUNCTION_NAMES}
+    """The functions to draw with: the given ones, lowbit's references for the rest (looked up by name, so that
+    importing this module does not reach the references: see ``lowbit.quant.graded``)."""
+    known = {name: "lowbit.quant.binary" for name in FUNCTION_NAMES}
+    chosen = graded.check_functions(functions, known)
+    return {name: graded.resolve_function(chosen, name, known) for name in FUNCTION_NAMES}
 
 
 def _layer_weights(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lowbit.quant import fakequant
 from lowbit.quant.equalize import check_folded, layer_chain
 from lowbit.quant.granularity import per_channel_qparams
 from lowbit.quant.graded import LAB5_REFERENCES, check_functions, resolve_function
@@ -218,7 +219,6 @@ def adaround_layer(weight: Tensor, scale: Tensor, inputs: Tensor, targets: Tenso
         if tuple(b.shape) != (out_channels,):
             raise ValueError(f"bias must have shape [{out_channels}], got {tuple(b.shape)}")
     q_min, q_max = quantized_range(bits, signed=True)
-    base = torch.floor(w / s)
     with torch.enable_grad():                          # also when called under torch.no_grad()
         v = init_v(w, s.reshape(-1) if s.ndim else s).requires_grad_(True)
         optimizer = torch.optim.Adam([v], lr=float(lr))
@@ -226,7 +226,8 @@ def adaround_layer(weight: Tensor, scale: Tensor, inputs: Tensor, targets: Tenso
         warm = WARM_START * iterations
         for step in range(iterations):
             rows = torch.randint(x.shape[0], (batch_size,), generator=generator)
-            w_soft = s * torch.clamp(base + _soft(v, ZETA, GAMMA), q_min, q_max)
+            soft = _soft(v, ZETA, GAMMA)                  # AdaRound's rounding: floor(w / s) + h(V)
+            w_soft = fakequant.fake_quantize(w, s, 0, q_min, q_max, rounding=lambda u: torch.floor(u) + soft)
             out = torch.nn.functional.linear(x[rows], w_soft, b)
             if activation == "relu":
                 out = torch.relu(out)
@@ -237,7 +238,8 @@ def adaround_layer(weight: Tensor, scale: Tensor, inputs: Tensor, targets: Tenso
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        return torch.clamp(base + (v >= 0).to(torch.float32), q_min, q_max).to(torch.int64)
+        up = (v >= 0).to(torch.float32)
+        return fakequant.quantize(w, s, 0, q_min, q_max, rounding=lambda u: torch.floor(u) + up).to(torch.int64)
 
 
 # ------------------------------------------------------------------------------------------ the pipeline

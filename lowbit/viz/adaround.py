@@ -162,7 +162,7 @@ def rounding_explorer(weight: Tensor, scale: Tensor, inputs: Tensor, targets: Te
                                                 continuous_update=True, layout=widgets.Layout(width="28em"))}
     live = has_widget_frontend()
     with plt.ioff():
-        figure = plt.figure(figsize=(8.6, 5.6), layout="constrained")
+        figure = plt.figure(figsize=(7.4, 5.4), layout="constrained")
         grid = figure.add_gridspec(2, 2, height_ratios=[1.5, 1])
         ax_h, ax_hist, ax_t = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[0, 1]), \
             figure.add_subplot(grid[1, :])

@@ -22,10 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 import lowbit
+from _accuracy import test_evaluators
 from _results import write_section
 from lowbit.models import model_size_bits
 from lowbit.quant.kmeans import Codebook, finetune_codebooks, model_bits, quantize_model_kmeans
-from lowbit.train import evaluate
 
 BITS = (8, 4, 3, 2)
 FINETUNE_BITS = (4, 3, 2)
@@ -102,11 +102,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--full-test", action="store_true", help="also evaluate on the full 10,000-image test set")
     args = parser.parse_args()
-    _, embedded_test = lowbit.data.loaders(batch_size=500)
-    evaluators = {"embedded": lambda m: evaluate(m, embedded_test)}
-    if args.full_test:
-        _, full_test = lowbit.data.loaders(batch_size=1000, source="full")
-        evaluators["full"] = lambda m: evaluate(m, full_test)
+    evaluators = test_evaluators(args.full_test)
     rows = table(evaluators)
     sections = []
     for test_set, label in (("embedded", "Embedded test subset (3,000 images)"), ("full", "Full test set (10,000 images)")):

@@ -23,24 +23,22 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 import lowbit
+from _accuracy import Evaluators, test_evaluators, training_options
 from _results import write_section
 from lowbit.models import FashionCNN, fold_batchnorm, model_size_bits
 from lowbit.quant import qat as Q
 from lowbit.quant.modules import quantizable_layers
 from lowbit.results import Row, table
-from lowbit.train import evaluate
 
 BITS = (8, 4, 3, 2)
 EPOCHS = 3
 GOALS = {4: 0.5, 2: 4.0}                      # bits: largest drop vs FP32 in pt
-Evaluators = dict[str, Callable[[nn.Module], float]]
 
 
 def size_bits(model: nn.Module, bits: int | None) -> int:
@@ -147,22 +145,12 @@ def goal_lines(widths: list[dict], test_set: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true")
-    parser.add_argument("--full-test", action="store_true", help="also evaluate on the full 10,000-image test set")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="QAT epochs per run (the recipe: 3)")
-    parser.add_argument("--fraction", type=float, default=1.0, help="fraction of each epoch's batches (a quick "
-                        "check: --epochs 1 --fraction 0.05 --quick-ptq)")
+    training_options(parser, EPOCHS, "QAT epochs per run", "--epochs 1 --fraction 0.05 --quick-ptq")
     parser.add_argument("--quick-ptq", action="store_true", help="PTQ with the min-max observer only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    _, embedded_test = lowbit.data.loaders(batch_size=500)
-    evaluators: Evaluators = {"embedded": lambda m: evaluate(m, embedded_test, device="cpu")}
-    if args.full_test:
-        _, full_test = lowbit.data.loaders(batch_size=1000, source="full")
-        evaluators["full"] = lambda m: evaluate(m, full_test, device="cpu")
+    evaluators = test_evaluators(args.full_test)
     study = Study(evaluators, not args.no_progress, args.epochs, args.fraction,
                   ("minmax",) if args.quick_ptq else Q.PTQ_OBSERVERS)
     widths, extra = main_rows(study)

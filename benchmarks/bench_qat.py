@@ -27,7 +27,7 @@ import torch
 
 import lowbit
 from _results import write_section
-from _timing import median_seconds
+from _timing import interleaved_medians, median_seconds
 from lowbit.quant import qat as Q
 
 
@@ -57,19 +57,6 @@ def operator_rows(repeats: int) -> list[tuple[str, float, float]]:
                               "torch_lsq": torch_lsq}, repeats)
     return [("fake quantization, clipped STE (4 bits)", ms["ours_ste"], ms["torch_ste"]),
             ("LSQ, learned step (4 bits)", ms["ours_lsq"], ms["torch_lsq"])]
-
-
-def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median ms per function, the functions timed in turn within each of ``repeats`` rounds (after 3
-    warm-up calls each), so a change in the machine's load hits every one alike."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(median_ms(fn, 1, warmup=0))
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def torch_ao_qat(model: torch.nn.Module) -> torch.nn.Module:

@@ -7,7 +7,7 @@ import collections
 import pytest
 import torch
 
-from autograder.checks._api import call_with_gradients
+from autograder.checks._api import CheckSuite, call_with_gradients, expect_gradients
 from lowbit.testing import assert_gradient_close, gradients_of
 from lowbit._vjp import UnusableResult
 
@@ -203,3 +203,80 @@ def test_assert_gradient_close_reports_a_missing_return_and_refuses_a_bad_expect
                               what="f")
     with pytest.raises(TypeError, match="one gradient per wrt entry"):
         assert_gradient_close(ste_round, torch.ones(2), wrt=[0], expected=torch.ones(2), what="f")
+
+
+# -- expect_gradients: the hidden checks' comparison of value and gradients -----------------------------------------
+def clipped_scale(x, scale):
+    """A clipped STE of x · scale: the x gradient is scale · 1{|x| <= 1}, the scale gradient Σ upstream · x."""
+    inside = (x.abs() <= 1).to(x.dtype)
+    return x.detach() * scale + (x - x.detach()) * scale * inside
+
+
+def test_expect_gradients_names_the_gradient_and_grades_only_the_entries_asked_for():
+    x, scale, upstream = torch.tensor([0.5, -2.0, 1.0]), torch.tensor(3.0), torch.tensor([1.0, 2.0, -1.0])
+
+    def wrong_scale_gradient(x, scale):                       # right value and x gradient, scale gradient doubled
+        return clipped_scale(x, scale) + (scale - scale.detach()) * x.detach()
+
+    with pytest.raises(AssertionError, match="∂⟨upstream, result⟩/∂scale"):
+        expect_gradients(wrong_scale_gradient, clipped_scale, x, scale, wrt=[0, 1], upstream=upstream,
+                         what="f(x, scale)", names=["x", "scale"])
+    grads = expect_gradients(wrong_scale_gradient, clipped_scale, x, scale, wrt=[0, 1], upstream=upstream,
+                             what="f(x, scale)", names=["x", "scale"], only=[0])
+    assert torch.equal(grads[0], torch.tensor([3.0, 0.0, -3.0])) and len(grads) == 2
+
+
+def test_expect_gradients_per_gradient_tolerances_and_the_value_tolerance():
+    x, scale, upstream = torch.tensor([0.5, -0.25]), torch.tensor(2.0), torch.tensor([1.0, 1.0])
+
+    def slightly_off(x, scale):                               # value off by 1e-3, scale gradient off by 1e-3
+        return clipped_scale(x, scale) + 1e-3 + (scale - scale.detach()) * 5e-4
+
+    common = dict(wrt=[0, 1], upstream=upstream, what="f(x, scale)", names=["x", "scale"])
+    with pytest.raises(AssertionError, match=r"called with inputs that require grad"):
+        expect_gradients(slightly_off, clipped_scale, x, scale, tolerances=[{}, {"atol": 1e-2}], **common)
+    with pytest.raises(AssertionError, match="∂scale"):
+        expect_gradients(slightly_off, clipped_scale, x, scale, value_tolerance={"atol": 1e-2},
+                         tolerances=[{}, {"atol": 1e-4}], **common)
+    expect_gradients(slightly_off, clipped_scale, x, scale, value_tolerance={"atol": 1e-2},
+                     tolerances=[{}, {"atol": 1e-2}], **common)
+    expect_gradients(slightly_off, clipped_scale, x, scale, check_value=False, tolerances=[{}, {"atol": 1e-2}],
+                     **common)
+    with pytest.raises(AssertionError, match="expected a torch.Tensor"):        # skipped value: still a tensor
+        expect_gradients(lambda x, scale: [clipped_scale(x, scale)], None, x, scale, wrt=[0, 1], upstream=[upstream],
+                         check_value=False, expected=(clipped_scale(x, scale), [torch.zeros(2), torch.zeros(())]))
+
+
+def test_expect_gradients_compares_with_given_expected_values_instead_of_a_reference():
+    x, upstream = torch.tensor([0.4, 1.6, -2.5]), torch.tensor([2.0, -1.0, 0.5])
+    expect_gradients(ste_round, None, x, wrt=[0], upstream=upstream, expected=(torch.round(x), [upstream]))
+    with pytest.raises(AssertionError, match="∂⟨upstream, result⟩/∂argument 0"):
+        expect_gradients(ste_round, None, x, wrt=[0], upstream=upstream, expected=(torch.round(x), [-upstream]))
+    with pytest.raises(TypeError, match="exactly one of"):
+        expect_gradients(ste_round, ste_round, x, wrt=[0], upstream=upstream, expected=(x, [upstream]))
+    with pytest.raises(TypeError, match="exactly one of"):
+        expect_gradients(ste_round, None, x, wrt=[0], upstream=upstream)
+
+
+def test_expect_gradients_labels_the_call_from_the_suite_and_passes_keywords_on():
+    suite = CheckSuite("clipped_scale")
+    suite.parameters = ["x", "scale"]
+    x, scale, upstream = torch.tensor([0.5, 3.0]), torch.tensor(2.0), torch.tensor([1.0, 1.0])
+    with pytest.raises(AssertionError) as info:
+        expect_gradients(lambda x, scale: x * scale, clipped_scale, x, scale=scale, wrt=[0], upstream=upstream,
+                         suite=suite)
+    text = str(info.value)
+    assert "clipped_scale(x, scale): gradient ∂⟨upstream, result⟩/∂x" in text
+    assert "upstream=tensor([1.0, 1.0]" in text
+
+
+@pytest.mark.parametrize("options, error, words", [
+    ({"tolerances": [{}]}, ValueError, "one per entry"),
+    ({"only": [2]}, ValueError, "not in wrt"),
+    ({"expected": (torch.ones(2), [torch.ones(2)]), "reference": None}, ValueError, "1 gradients for 2"),
+])
+def test_expect_gradients_refuses_inconsistent_options(options, error, words):
+    reference = options.pop("reference", clipped_scale)
+    with pytest.raises(error, match=words):
+        expect_gradients(clipped_scale, reference, torch.ones(2), torch.tensor(1.0), wrt=[0, 1],
+                         upstream=torch.ones(2), **options)

@@ -33,6 +33,8 @@ from autograder_helpers import FIXTURE_COURSE, FIXTURE_LAB
 
 REPO = Path(__file__).resolve().parents[1]
 LABS = find_labs(REPO)
+#: The course's labs with graded functions (each audited below: constant answers, scan, answer-free sandbox).
+COURSE_LABS = [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat", "lab4_binary")]
 LOWBIT = REPO / "lowbit"
 
 
@@ -171,7 +173,7 @@ def _check_outcomes(lab: str, function: str, fn) -> list[dict]:
 GARBAGE = [(), None, [], torch.zeros(0), (torch.zeros(0), torch.zeros(0)), 0.0, True]
 
 
-@pytest.mark.parametrize("lab", [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat")])
+@pytest.mark.parametrize("lab", COURSE_LABS)
 def test_no_named_check_passes_a_constant_wrong_answer(lab):
     """Audit: a function returning an empty/None/zero-size/boolean constant fails every check of every suite
     (except those that only check it leaves its inputs alone, or only the result's type, where the constant
@@ -232,7 +234,7 @@ def test_kmeans_libraries_are_flagged_but_provided_helpers_only_where_they_do_th
     assert whole_job_uses([("kmeans_1d", "code", helper)], contract, setup) == []
 
 
-@pytest.mark.parametrize("lab", [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat")])
+@pytest.mark.parametrize("lab", COURSE_LABS)
 def test_the_solutions_are_not_flagged(lab):
     solution = (REPO / "solutions" / lab / f"{lab}.ipynb").read_bytes()
     answers = [(g, "code", s) for g, s in solution_answers(solution).items()]
@@ -388,7 +390,7 @@ def test_what_runs_on_import_is_kept_so_the_copy_still_imports(tmp_path):
     assert "12345" not in text and "register(cls.__name__, cls)" in text
 
 
-@pytest.mark.parametrize("lab", [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat")])
+@pytest.mark.parametrize("lab", COURSE_LABS)
 def test_lowbit_build_removes_every_reference_and_its_internals(lab):
     contract = load_contract(lab)
     provided = student_build.provided_names(_setup_sources(lab))
@@ -497,7 +499,7 @@ out = json.dumps(found)
 
 
 @pytest.mark.skipif(bwrap_problem() is not None, reason=f"no usable bwrap: {bwrap_problem()}")
-@pytest.mark.parametrize("lab", [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat")])
+@pytest.mark.parametrize("lab", COURSE_LABS)
 def test_sandbox_cannot_reach_or_rebuild_the_references(lab):
     """Inside the real sandbox: every removed function raises (also rebuilt from its code object and after a
     pickle round trip), no file on any import path and no loaded code object holds a line of its body, and the

@@ -58,7 +58,9 @@ class Draws:
     """Every random input of one suite: one ``torch.Generator`` keyed by the draw key and the suite's name.
 
     Each method advances the same generator, so a check's inputs depend on the key and on the order of
-    draws only. Methods return plain Python values or float32 tensors unless told otherwise.
+    draws only. Methods return plain Python values or float32 tensors unless told otherwise. Nothing else may
+    seed a check's inputs: a generator of a check's own (even seeded from one of these draws) is only for
+    reproducing a draw the graded function itself is specified to make (e.g. a seeded stochastic rounding).
     """
 
     def __init__(self, label: str) -> None:
@@ -95,6 +97,19 @@ class Draws:
     def randint(self, low: int, high: int, shape: tuple[int, ...], dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """Integer tensor of ``shape`` uniform in [low, high) cast to ``dtype``."""
         return torch.randint(low, high, shape, generator=self.generator).to(dtype)
+
+    def size(self, n: int) -> int:
+        """A size near ``n`` (up to 20 % more): a check's shapes are not fixed numbers either."""
+        return n + self.integer(0, n // 5)
+
+    def power_of_two(self, low: int, high: int) -> float:
+        """2^-k for an integer k in [low, high]: products and divisions by it are exact (ties stay ties)."""
+        return 2.0 ** -self.integer(low, high)
+
+    def positive(self, *shape: int) -> torch.Tensor:
+        """float32 tensor of ``shape`` uniform in [0.5, 1.5): an upstream gradient whose terms cannot cancel in a
+        summed gradient (so a mistake in a few terms, or a flipped sign, always shows)."""
+        return self.rand(*shape, low=0.5, high=1.5)
 
     def heavy_tailed(self, n: int) -> torch.Tensor:
         """Laplace-like weights with a few outliers, like a real layer (float32 [n])."""
@@ -163,6 +178,12 @@ class CheckSuite:
             listing = "\n".join(f"  - {failure}" for failure in self.failures)
             raise AssertionError(f"{self.function}: {len(self.failures)} of {self.count} hidden checks "
                                  f"failed:\n{listing}")
+
+
+def summed_tolerance(mass: float, rtol: float = 1e-5) -> dict:
+    """Tolerance of a gradient that sums many terms (a shared scale's, a per-channel mean's): ``rtol`` of the terms'
+    total size ``mass`` (Σ |term|), for float32 summation in any order."""
+    return {"rtol": rtol, "atol": rtol * mass + 1e-8}
 
 
 def _label(what: str, inputs: dict | None) -> str:
@@ -335,24 +356,57 @@ def call_with_gradients(fn: Callable, *args: Any, wrt: Sequence[int | str], upst
     return gradients_of(fn, *args, wrt=wrt, upstream=upstream, **kwargs)
 
 
-def expect_gradients(fn: Callable, reference: Callable, *args: Any, wrt: Sequence[int | str], upstream: Any,
-                     what: str = "result", inputs: dict | None = None, names: Sequence[str] = (), rtol: float = 0.0,
-                     atol: float = 0.0, **kwargs: Any) -> list[torch.Tensor]:
-    """Assert the student's ``fn`` has the reference's value *and* gradients at ``(*args, **kwargs)``.
+def expect_gradients(fn: Callable, reference: Callable | None, *args: Any, wrt: Sequence[int | str], upstream: Any,
+                     what: str | None = None, inputs: dict | None = None, names: Sequence[str] = (),
+                     suite: CheckSuite | None = None, rtol: float = 0.0, atol: float = 0.0,
+                     tolerances: Sequence[dict] | None = None, value_tolerance: dict | None = None,
+                     check_value: bool = True, only: Sequence[int | str] | None = None,
+                     expected: tuple[Any, Sequence[torch.Tensor]] | None = None, **kwargs: Any) -> list[torch.Tensor]:
+    """Assert the student's ``fn`` has the expected value *and* gradients at ``(*args, **kwargs)``.
 
-    Both come from one :func:`call_with_gradients` each (for the student: computed in the sandbox). The value of the
-    gradient request is compared too (a function may behave differently when its inputs require grad), then each
-    gradient, named "∂⟨upstream, result⟩/∂<name>" after ``names`` (the student's parameter names, e.g.
-    ``suite.parameters``) or the keyword. Tolerances as :func:`expect_close`. Returns the student's gradients.
+    The student's come from one :func:`call_with_gradients` (computed in the sandbox); the expected ones from the
+    same computation on ``reference`` here, or are given as ``expected=(value, [gradient per wrt entry])`` (e.g.
+    from a library op, or the identity of a plain STE) with ``reference=None``. The value of the gradient request
+    is compared too (a function may behave differently when its inputs require grad), then each gradient, named
+    "∂⟨upstream, result⟩/∂<name>" after ``names`` (the student's parameter names) or the keyword.
+
+    ``suite``: label the call from it (``what``, ``inputs`` and ``names`` default to ``suite.label(*args,
+    **kwargs)`` and ``suite.parameters``). Tolerances as :func:`expect_close`: ``rtol`` / ``atol`` for everything,
+    or ``value_tolerance`` (a dict of ``rtol`` / ``atol``) for the value and ``tolerances`` (one dict per ``wrt``
+    entry) for the gradients. ``check_value=False`` grades the gradients only (the value must still be a
+    tensor). ``only``: the ``wrt`` entries whose gradients this check grades (default: all; the others are still
+    requested, so the request is the same). Every other keyword goes to ``fn``. Returns the student's gradients.
     """
-    want_value, want_grads = gradients_of(reference, *args, wrt=wrt, upstream=upstream, **kwargs)
+    if (reference is None) == (expected is None):
+        raise TypeError("expect_gradients needs exactly one of a reference function and expected=(value, gradients)")
+    if tolerances is not None and len(tolerances) != len(wrt):
+        raise ValueError(f"tolerances has {len(tolerances)} entries for {len(wrt)} wrt entries: give one per entry")
+    if only is not None and not set(only) <= set(wrt):
+        raise ValueError(f"only={list(only)} names entries that are not in wrt={list(wrt)}")
+    if suite is not None:
+        label, labelled = suite.label(*args, **kwargs)
+        what = label if what is None else what
+        inputs = labelled if inputs is None else inputs
+        names = names or suite.parameters
+    what = "result" if what is None else what
+    if expected is None:
+        expected = gradients_of(reference, *args, wrt=wrt, upstream=upstream, **kwargs)
+    want_value, want_grads = expected
+    if len(want_grads) != len(wrt):
+        raise ValueError(f"expected has {len(want_grads)} gradients for {len(wrt)} wrt entries")
     got_value, got_grads = call_with_gradients(fn, *args, wrt=wrt, upstream=upstream, **kwargs)
     shown = {**(inputs or {}), **({"upstream": upstream} if upstream is not None else {})}
-    expect_close(got_value, want_value, f"{what} (called with inputs that require grad)", rtol=rtol, atol=atol,
-                 inputs=inputs)
-    for position, got, want in zip(wrt, got_grads, want_grads, strict=True):
+    value_label = f"{what} (called with inputs that require grad)"
+    if check_value:
+        expect_close(got_value, want_value, value_label, inputs=inputs,
+                     **(value_tolerance if value_tolerance is not None else {"rtol": rtol, "atol": atol}))
+    elif isinstance(want_value, torch.Tensor):
+        expect_tensor(got_value, _label(value_label, inputs))
+    for index, (position, got, want) in enumerate(zip(wrt, got_grads, want_grads, strict=True)):
+        if only is not None and position not in only:
+            continue
         name = position if isinstance(position, str) else \
             names[position] if position < len(names) else f"argument {position}"
-        expect_close(got, want, f"{what}: gradient ∂⟨upstream, result⟩/∂{name}", rtol=rtol, atol=atol,
-                     inputs=shown)
+        tolerance = tolerances[index] if tolerances is not None else {"rtol": rtol, "atol": atol}
+        expect_close(got, want, f"{what}: gradient ∂⟨upstream, result⟩/∂{name}", inputs=shown, **tolerance)
     return got_grads

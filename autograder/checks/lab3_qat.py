@@ -16,12 +16,13 @@ upstream gradient of those checks is drawn positive so that the changed terms ca
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from autograder.checks._api import (CheckSuite, call_with_gradients, expect_close, expect_dtype, expect_equal,
-                                    expect_length, expect_raises, expect_shape, expect_tensor, expect_unchanged)
+                                    expect_gradients, expect_length, expect_raises, expect_shape, expect_unchanged,
+                                    summed_tolerance)
 from autograder.contract import load_contract
 
 #: Graded functions, their signatures and references: ``lab3_qat.contract.json``.
@@ -40,69 +41,11 @@ def _reference(function: str) -> Callable:
     return CONTRACT.reference(function)
 
 
-def _size(d, n: int) -> int:
-    """A drawn size near ``n`` (up to 20 % more): the checks' shapes are not fixed numbers either."""
-    return n + d.integer(0, n // 5)
-
-
-def _power_of_two(d, low: int, high: int) -> float:
-    """2^-k for a drawn k in [low, high]: divisions by it are exact."""
-    return 2.0 ** -d.integer(low, high)
-
-
-def _name(suite: CheckSuite, entry: int | str) -> str:
-    """The student's name of a ``wrt`` entry (a positional index or a keyword)."""
-    if isinstance(entry, str):
-        return entry
-    return suite.parameters[entry] if entry < len(suite.parameters) else f"argument {entry}"
-
-
-def _sum_tol(mass: float) -> dict:
-    """Tolerance of a gradient that sums many terms: 1e-5 of the terms' total size (float32 summation)."""
-    return {"rtol": 1e-5, "atol": 1e-5 * mass + 1e-8}
-
-
-def _compare_gradients(suite: CheckSuite, fn: Callable, args: Sequence, kwargs: dict | None = None, *,
-                       wrt: Sequence[int | str], upstream: torch.Tensor, tolerances: Sequence[dict],
-                       value_tol: dict | None = VALUE_TOL, expected: tuple | None = None,
-                       only: Sequence[int | str] | None = None) -> None:
-    """``fn`` and the reference agree on the result and on each gradient in ``wrt`` (same upstream gradient).
-
-    ``tolerances``: one per ``wrt`` entry. ``value_tol=None`` skips the result (a check about gradients only).
-    ``expected``: (value, gradients) to compare with instead of the reference's. ``only``: the ``wrt`` entries
-    whose gradients this check grades (default: all). Messages name the call as the student wrote it, the
-    gradient (w.r.t. which parameter), and the upstream gradient used.
-    """
-    kwargs = kwargs or {}
-    what, inputs = suite.label(*args, **kwargs)
-    if expected is None:
-        expected = call_with_gradients(_reference(suite.function), *args, wrt=wrt, upstream=upstream, **kwargs)
-    got_value, got_grads = call_with_gradients(fn, *args, wrt=wrt, upstream=upstream, **kwargs)
-    expect_tensor(got_value, what)
-    if value_tol is not None:
-        expect_close(got_value, expected[0], what, inputs=inputs, **value_tol)
-    shown = {**inputs, "upstream gradient": upstream}
-    for entry, got, want, tolerance in zip(wrt, got_grads, expected[1], tolerances, strict=True):
-        if only is None or entry in only:
-            expect_close(got, want, f"gradient w.r.t. {_name(suite, entry)} of {what}", inputs=shown, **tolerance)
-
-
-def _expect_value(suite: CheckSuite, fn: Callable, *args: Any, tolerance: dict = VALUE_TOL, **kwargs: Any) -> None:
-    """``fn(*args, **kwargs)`` returns the reference's value (within ``tolerance``)."""
-    what, inputs = suite.label(*args, **kwargs)
-    expect_close(fn(*args, **kwargs), _reference(suite.function)(*args, **kwargs), what, inputs=inputs, **tolerance)
-
-
-def _positive(d, *shape: int) -> torch.Tensor:
-    """An upstream gradient in [0.5, 1.5): terms of a summed gradient cannot cancel."""
-    return d.rand(*shape, low=0.5, high=1.5)
-
-
 # ----------------------------------------------------------------------------------------------- part 1
 def check_ste_round(fn) -> None:
     suite = CheckSuite("ste_round", CONTRACT)
     d = suite.draw
-    n = _size(d, 200)
+    n = d.size(200)
     x = d.normal(n, std=d.uniform(2.0, 6.0))
 
     def exact(x):
@@ -119,22 +62,22 @@ def check_ste_round(fn) -> None:
                      hint="(torch.round(x) - x).detach() + x: the backward pass sees the identity"):
         wide = d.mix(torch.tensor([-1000.0, -3.5, 0.0, 0.5, 2.0, 1000.0]), x * d.uniform(1.0, 50.0))
         upstream = d.normal(wide.numel())
-        _compare_gradients(suite, fn, (wide,), wrt=[0], upstream=upstream, tolerances=[{"rtol": 0, "atol": 0}],
-                           expected=(torch.round(wide), [upstream]))
+        expect_gradients(fn, None, wide, wrt=[0], upstream=upstream, suite=suite, value_tolerance=VALUE_TOL,
+                         expected=(torch.round(wide), [upstream]))
     with suite.check("keeps the dtype and shape (float16, bfloat16, float64)"):
         for dtype in (torch.float16, torch.bfloat16, torch.float64):
             values = d.mix(torch.tensor([-1.5, 0.5, 2.5]), d.normal(d.integer(20, 40), std=4.0)).to(dtype)
             exact(values)
             upstream = d.normal(values.numel()).to(dtype)
-            _compare_gradients(suite, fn, (values,), wrt=[0], upstream=upstream, tolerances=[{"rtol": 0, "atol": 0}],
-                               expected=(torch.round(values), [upstream]))
+            expect_gradients(fn, None, values, wrt=[0], upstream=upstream, suite=suite, value_tolerance=VALUE_TOL,
+                             expected=(torch.round(values), [upstream]))
             what, inputs = suite.label(values)
             expect_dtype(fn(values), dtype, what, inputs=inputs)
     with suite.check("rejects bad input", hint="TypeError for a non-float tensor; ValueError for an empty one"):
         expect_raises(TypeError, fn, d.randint(-5, 5, (d.integer(3, 9),)), what="ste_round(an int64 tensor)")
         expect_raises(ValueError, fn, torch.zeros(0), what="ste_round(an empty tensor)")
     with suite.check("leaves its input unchanged"):
-        expect_unchanged(fn, d.normal(_size(d, 50), std=3.0), what="ste_round")
+        expect_unchanged(fn, d.normal(d.size(50), std=3.0), what="ste_round")
     suite.finish()
 
 
@@ -155,17 +98,19 @@ def check_fake_quantize_ste(fn) -> None:
     def compare(x, scale, zero_point, bits, *signed, upstream=None, torch_too=False):
         upstream = d.normal(*x.shape) if upstream is None else upstream
         args = (x, scale, zero_point, bits, *signed)
-        _compare_gradients(suite, fn, args, wrt=[0], upstream=upstream, tolerances=[MASK_TOL])
+        expect_gradients(fn, _reference(suite.function), *args, wrt=[0], upstream=upstream, suite=suite,
+                         value_tolerance=VALUE_TOL, tolerances=[MASK_TOL])
         if torch_too:
             expected = call_with_gradients(_torch_fake_quantize, x, scale, zero_point, bits, *(signed or (True,)),
                                            wrt=[0], upstream=upstream)
-            _compare_gradients(suite, fn, args, wrt=[0], upstream=upstream, tolerances=[MASK_TOL], expected=expected)
+            expect_gradients(fn, None, *args, wrt=[0], upstream=upstream, suite=suite, value_tolerance=VALUE_TOL,
+                             tolerances=[MASK_TOL], expected=expected)
 
     def levels(bits, signed):
         return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
-    scale = _power_of_two(d, 3, 6)
-    x = d.rand(_size(d, 200), low=-150 * scale, high=150 * scale)   # some beyond ±128 S: clipped
+    scale = d.power_of_two(3, 6)
+    x = d.rand(d.size(200), low=-150 * scale, high=150 * scale)   # some beyond ±128 S: clipped
     with suite.check("basic signed 8-bit values"):
         compare(x, scale, 0, 8)
     with suite.check("rounds half to even", hint="torch.round rounds exact halves to the even integer"):
@@ -178,7 +123,7 @@ def check_fake_quantize_ste(fn) -> None:
         compare(ties, scale, d.choice([101, 115, 127, 131, 141]), 8, False)
     with suite.check("clamps to [q_min, q_max]", hint="clamp(round(x / S) + Z, q_min, q_max), then subtract Z"):
         far = d.mix(torch.tensor([-1000.0, -129.0, 128.0, 1000.0]),
-                    d.rand(_size(d, 20), low=-400, high=400)) * scale
+                    d.rand(d.size(20), low=-400, high=400)) * scale
         compare(far, scale, 0, 8)
         compare(far, scale, d.integer(-6, 6), 4)
         compare(far, scale, d.integer(1, 40), 8, False)
@@ -186,7 +131,7 @@ def check_fake_quantize_ste(fn) -> None:
                      hint="the gradient passes only where round(x / S) + Z lies in [q_min, q_max]"):
         bits = d.integer(2, 8)
         q_min, q_max = levels(bits, True)
-        wide = d.rand(_size(d, 150), low=(q_min - 20) * scale, high=(q_max + 20) * scale)
+        wide = d.rand(d.size(150), low=(q_min - 20) * scale, high=(q_max + 20) * scale)
         compare(wide, scale, 0, bits, torch_too=True)
     with suite.check("x exactly on a clip boundary: both bounds are inside",
                      hint="inside means q_min <= round(x / S) + Z <= q_max, both bounds included, decided on the "
@@ -197,40 +142,41 @@ def check_fake_quantize_ste(fn) -> None:
             low, high = q_min - zero_point, q_max - zero_point          # x / S at the bounds
             edges = torch.tensor([low, high, low - 0.3, high + 0.3, low - 0.5, high + 0.5, low - 0.7, high + 0.7,
                                   low + 0.5, high - 0.5, low - 1.0, high + 1.0]) * scale
-            drawn = (d.rand(_size(d, 30), low=low - 3, high=high + 3) * 4).round() / 4 * scale   # quarters
+            drawn = (d.rand(d.size(30), low=low - 3, high=high + 3) * 4).round() / 4 * scale   # quarters
             compare(d.mix(edges, drawn), scale, zero_point, bits, signed, torch_too=True)
     with suite.check("gradient equals torch.fake_quantize_per_tensor_affine's"):
         for signed in (True, False):
             bits = d.integer(2, 8)
             q_min, q_max = levels(bits, signed)
             zero_point = d.integer(q_min, q_max)
-            values = d.rand(_size(d, 120), low=(q_min - zero_point - 8) * scale, high=(q_max - zero_point + 8) * scale)
+            values = d.rand(d.size(120), low=(q_min - zero_point - 8) * scale, high=(q_max - zero_point + 8) * scale)
             compare(values, scale, zero_point, bits, signed, torch_too=True)
     with suite.check("every bit width from 2 to 8, signed and unsigned"):
         for bits in range(2, 9):
             for signed in (True, False):
                 q_min, q_max = levels(bits, signed)
-                step = _power_of_two(d, 0, 3) * 4 / 2**bits
-                values = d.rand(_size(d, 40), low=(q_min - 3) * step, high=(q_max + 3) * step)
+                step = d.power_of_two(0, 3) * 4 / 2**bits
+                values = d.rand(d.size(40), low=(q_min - 3) * step, high=(q_max + 3) * step)
                 compare(values, step, 0 if signed else 2 ** (bits - 1), bits, signed)
     with suite.check("per-channel scale and zero point tensors broadcast"):
         channels = d.integer(3, 6)
         w = d.normal(channels, d.integer(2, 4), 3, 3, std=0.5)
-        scales = torch.tensor([_power_of_two(d, 3, 7) for _ in range(channels)]).reshape(-1, 1, 1, 1)
+        scales = torch.tensor([d.power_of_two(3, 7) for _ in range(channels)]).reshape(-1, 1, 1, 1)
         zero_points = d.randint(-20, 20, (channels, 1, 1, 1))
         compare(w, scales, zero_points, 8, torch_too=True)
         compare(w, scales, zero_points.abs() * 3, 8, False, torch_too=True)
     with suite.check("float32 output for float16, bfloat16 and float64 inputs",
                      hint="compute in float32 (x.float() / scale) and return float32"):
         for dtype in (torch.float16, torch.bfloat16, torch.float64):
-            values = (d.randint(-600, 600, (_size(d, 60),)).float() / 4 * scale).to(dtype)   # exact in every dtype
+            values = (d.randint(-600, 600, (d.size(60),)).float() / 4 * scale).to(dtype)   # exact in every dtype
             what, inputs = suite.label(values, scale, 0, 8)
             expect_dtype(fn(values, scale, 0, 8), torch.float32, what, inputs=inputs)
-            _compare_gradients(suite, fn, (values, scale, 0, 8), wrt=[0], upstream=d.normal(values.numel()).to(dtype),
-                               tolerances=[HALF_TOL])
+            expect_gradients(fn, _reference(suite.function), values, scale, 0, 8, wrt=[0],
+                             upstream=d.normal(values.numel()).to(dtype), suite=suite, value_tolerance=VALUE_TOL,
+                             tolerances=[HALF_TOL])
     with suite.check("rejects bad input",
                      hint="TypeError for a non-float x; ValueError for an empty x, a scale <= 0 or bits outside 1..32"):
-        good = d.normal(_size(d, 10))
+        good = d.normal(d.size(10))
         expect_raises(TypeError, fn, d.randint(-9, 9, (5,)), scale, 0, 8, what="fake_quantize_ste(an int64 x, ...)")
         expect_raises(ValueError, fn, torch.zeros(0), scale, 0, 8, what="fake_quantize_ste(an empty x, ...)")
         for bad in (0.0, -scale):
@@ -240,7 +186,7 @@ def check_fake_quantize_ste(fn) -> None:
                       what="fake_quantize_ste(x, scale with a 0 entry, ...)")
         expect_raises(ValueError, fn, good, scale, 0, 0, what="fake_quantize_ste(x, scale, zero_point=0, bits=0)")
     with suite.check("leaves its input unchanged"):
-        expect_unchanged(fn, d.normal(_size(d, 40)), scale, 0, 8, what="fake_quantize_ste")
+        expect_unchanged(fn, d.normal(d.size(40)), scale, 0, 8, what="fake_quantize_ste")
     suite.finish()
 
 
@@ -295,14 +241,14 @@ def check_lsq_init_step(fn) -> None:
         expect_close(got, _reference("lsq_init_step")(x, bits, *signed), what, inputs=inputs,
                      **(tolerance or {"rtol": 1e-5, "atol": 0}))
 
-    w = d.heavy_tailed(_size(d, 1000)) + d.uniform(-0.02, 0.02)
+    w = d.heavy_tailed(d.size(1000)) + d.uniform(-0.02, 0.02)
     with suite.check("2 · mean(|x|) / sqrt(Q_P)",
                      hint="the mean of the absolute values, times 2, over sqrt(Q_P) with Q_P = 2^(b-1) - 1"):
         for bits in (2, 3, 4, 8, d.integer(5, 7)):
             compare(w, bits)
-        compare(d.normal(_size(d, 300), std=d.uniform(0.5, 2.0)), d.integer(2, 8))
+        compare(d.normal(d.size(300), std=d.uniform(0.5, 2.0)), d.integer(2, 8))
     with suite.check("unsigned: Q_P = 2^b - 1", hint="unsigned levels go up to 2^b - 1"):
-        activations = torch.relu(d.normal(_size(d, 500), std=d.uniform(0.5, 3.0)))
+        activations = torch.relu(d.normal(d.size(500), std=d.uniform(0.5, 3.0)))
         for bits in (1, 2, 4, 8, d.integer(3, 7)):
             compare(activations, bits, False)
     with suite.check("any shape: a conv weight"):
@@ -316,7 +262,7 @@ def check_lsq_init_step(fn) -> None:
             expect_shape(got, (), what, inputs=inputs)
     with suite.check("float16 and bfloat16 inputs"):
         for dtype in (torch.float16, torch.bfloat16):
-            compare(d.heavy_tailed(_size(d, 400)).to(dtype), d.integer(2, 8), tolerance={"rtol": 1e-3, "atol": 0})
+            compare(d.heavy_tailed(d.size(400)).to(dtype), d.integer(2, 8), tolerance={"rtol": 1e-3, "atol": 0})
     with suite.check("rejects bad input", hint="ValueError for an all-zero or empty x and signed 1-bit; "
                                                "TypeError for a non-float x"):
         expect_raises(ValueError, fn, torch.zeros(d.integer(3, 20)), 4, what="lsq_init_step(an all-zero x, bits=4)")
@@ -324,7 +270,7 @@ def check_lsq_init_step(fn) -> None:
         expect_raises(ValueError, fn, d.normal(10), 1, True, what="lsq_init_step(x, bits=1, signed=True)")
         expect_raises(TypeError, fn, d.randint(-5, 5, (10,)), 4, what="lsq_init_step(an int64 x, bits=4)")
     with suite.check("leaves its input unchanged"):
-        expect_unchanged(fn, d.normal(_size(d, 60)), 4, what="lsq_init_step")
+        expect_unchanged(fn, d.normal(d.size(60)), 4, what="lsq_init_step")
     suite.finish()
 
 
@@ -350,83 +296,84 @@ def check_lsq_fake_quantize(fn) -> None:
             1 / math.sqrt(max(1, x.numel() // step.numel()) * q_max)
         mass = _mass(upstream, x / step, q_min, q_max) * g
         kwargs = {} if grad_scale is None else {"grad_scale": grad_scale}
-        _compare_gradients(suite, fn, (x, step, bits, *signed), kwargs, wrt=[0, 1], upstream=upstream,
-                           tolerances=[MASK_TOL, _sum_tol(mass)], only=only)
+        expect_gradients(fn, _reference(suite.function), x, step, bits, *signed, wrt=[0, 1], upstream=upstream,
+                         suite=suite, value_tolerance=VALUE_TOL, tolerances=[MASK_TOL, summed_tolerance(mass)],
+                         only=only, **kwargs)
 
     def codes(bits, signed, n, margin):
         """Values of x / s: quarters from q_min - margin to q_max + margin (exact halves among them)."""
         q_min, q_max = q_range(bits, signed)
         return (d.rand(n, low=q_min - margin, high=q_max + margin) * 4).round() / 4
 
-    step = torch.tensor(_power_of_two(d, 2, 6))
+    step = torch.tensor(d.power_of_two(2, 6))
     with suite.check("forward: round(clamp(x / s, -Q_N, Q_P)) · s"):
         bits = d.integer(3, 5)
-        compare(codes(bits, True, _size(d, 200), 4) * step + d.uniform(-0.1, 0.1) * step, step, bits)
-        compare(d.normal(_size(d, 300)) * 0.1, torch.tensor(d.uniform(0.005, 0.05)), 8)
+        compare(codes(bits, True, d.size(200), 4) * step + d.uniform(-0.1, 0.1) * step, step, bits)
+        compare(d.normal(d.size(300)) * 0.1, torch.tensor(d.uniform(0.005, 0.05)), 8)
     with suite.check("rounds half to even", hint="torch.round rounds exact halves to the even integer"):
         halves = d.randint(-6, 6, (d.integer(10, 20),)).float() + 0.5
         compare(d.mix(torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]), halves) * step, step, 4)
     with suite.check("x gradient: the upstream gradient inside the range, 0 outside",
                      hint="dy/dx = 1 where -Q_N <= x / s <= Q_P, else 0"):
         bits = d.integer(2, 6)
-        compare(codes(bits, True, _size(d, 200), 10) * step, step, bits, only=[0])
+        compare(codes(bits, True, d.size(200), 10) * step, step, bits, only=[0])
     with suite.check("x exactly on a clip boundary: both bounds are inside, decided on x / s",
                      hint="inside means -Q_N <= x / s <= Q_P (both included), before rounding"):
         for bits, signed in ((d.integer(2, 8), True), (d.integer(2, 8), False)):
             q_min, q_max = q_range(bits, signed)
             edges = torch.tensor([q_min, q_max, q_min - 0.25, q_max + 0.25, q_min - 0.5, q_max + 0.5, q_min + 0.25,
                                   q_max - 0.25, q_min - 2.0, q_max + 2.0]).float()
-            values = d.mix(edges, codes(bits, signed, _size(d, 30), 2)) * step
-            compare(values, step, bits, signed, grad_scale=1.0, upstream=_positive(d, values.numel()))
+            values = d.mix(edges, codes(bits, signed, d.size(30), 2)) * step
+            compare(values, step, bits, signed, grad_scale=1.0, upstream=d.positive(values.numel()))
     with suite.check("step gradient inside the range: round(v) - v",
                      hint="d(round(v) · s)/ds = round(v) - v with v = x / s (straight-through round)"):
         bits = d.integer(3, 8)
         q_min, q_max = q_range(bits, True)
-        inside = (d.rand(_size(d, 150), low=q_min, high=q_max) * 8).round() / 8 * step   # eighths: round(v) - v ≠ 0
+        inside = (d.rand(d.size(150), low=q_min, high=q_max) * 8).round() / 8 * step   # eighths: round(v) - v ≠ 0
         compare(inside, step, bits, grad_scale=1.0, only=[1])
-        compare(inside, step, bits, grad_scale=1.0, upstream=_positive(d, inside.numel()), only=[1])
+        compare(inside, step, bits, grad_scale=1.0, upstream=d.positive(inside.numel()), only=[1])
     with suite.check("step gradient below the range is -Q_N, above it Q_P",
                      hint="clipped values: y = -Q_N · s or Q_P · s, so dy/ds = -Q_N or Q_P (mind the sign below)"):
         for signed in (True, False):
             bits = d.integer(2, 8)
             q_min, q_max = q_range(bits, signed)
-            below = d.rand(_size(d, 30), low=q_min - 20, high=q_min - 0.5)
-            above = d.rand(_size(d, 30), low=q_max + 0.5, high=q_max + 20)
+            below = d.rand(d.size(30), low=q_min - 20, high=q_min - 0.5)
+            above = d.rand(d.size(30), low=q_max + 0.5, high=q_max + 20)
             for values in (below * step, above * step, d.mix(below, above) * step):
-                compare(values, step, bits, signed, grad_scale=1.0, upstream=_positive(d, values.numel()), only=[1])
+                compare(values, step, bits, signed, grad_scale=1.0, upstream=d.positive(values.numel()), only=[1])
     with suite.check("default gradient scale g = 1 / sqrt(N · Q_P)",
                      hint="g = lsq_grad_scale(x.numel() / step.numel(), bits, signed): 1/sqrt, not squared, Q_P"):
         for bits, signed in ((2, True), (d.integer(3, 8), True), (d.integer(2, 8), False)):
-            values = codes(bits, signed, _size(d, 200), 3) * step + d.uniform(-0.2, 0.2) * step
-            compare(values, step, bits, signed, upstream=_positive(d, values.numel()), only=[1])
+            values = codes(bits, signed, d.size(200), 3) * step + d.uniform(-0.2, 0.2) * step
+            compare(values, step, bits, signed, upstream=d.positive(values.numel()), only=[1])
     with suite.check("grad_scale is used", hint="multiply the step's gradient by grad_scale when it is given"):
-        values = codes(4, True, _size(d, 100), 3) * step
-        compare(values, step, 4, grad_scale=d.uniform(0.01, 0.5), upstream=_positive(d, values.numel()))
+        values = codes(4, True, d.size(100), 3) * step
+        compare(values, step, 4, grad_scale=d.uniform(0.01, 0.5), upstream=d.positive(values.numel()))
     with suite.check("per-channel steps: N counts the values sharing one step",
                      hint="N = x.numel() / step.numel(); the step gradient is summed per channel"):
         channels = d.integer(3, 6)
         w = d.normal(channels, d.integer(2, 4), 3, 3, std=0.3)
-        steps = torch.tensor([_power_of_two(d, 4, 7) for _ in range(channels)]).reshape(-1, 1, 1, 1)
+        steps = torch.tensor([d.power_of_two(4, 7) for _ in range(channels)]).reshape(-1, 1, 1, 1)
         compare(w, steps, d.integer(2, 5))
-        compare(w, steps, 4, upstream=_positive(d, *w.shape))
+        compare(w, steps, 4, upstream=d.positive(*w.shape))
         rows = d.normal(channels, d.integer(5, 12), std=0.4)
         compare(rows, steps.reshape(-1, 1), 3, False)
     with suite.check("unsigned range [0, 2^b - 1]"):
         bits = d.integer(2, 8)
-        compare(codes(bits, False, _size(d, 150), 6) * step, step, bits, False)
+        compare(codes(bits, False, d.size(150), 6) * step, step, bits, False)
     with suite.check("every bit width from 2 to 8"):
         for bits in range(2, 9):
-            compare(codes(bits, True, _size(d, 60), 3) * step + d.uniform(-0.2, 0.2) * step, step, bits)
+            compare(codes(bits, True, d.size(60), 3) * step + d.uniform(-0.2, 0.2) * step, step, bits)
     with suite.check("float16 input"):
-        values = (codes(4, True, _size(d, 100), 3) * step).half()                 # exact in float16
+        values = (codes(4, True, d.size(100), 3) * step).half()                 # exact in float16
         upstream = d.normal(values.numel()).half()
         q_min, q_max = q_range(4, True)
         mass = _mass(upstream.float(), values.float() / step, q_min, q_max) / math.sqrt(values.numel() * q_max)
-        _compare_gradients(suite, fn, (values, step, 4), wrt=[0, 1], upstream=upstream,
-                           tolerances=[HALF_TOL, {"rtol": 1e-2, "atol": 1e-3 * mass}],
-                           value_tol=HALF_TOL)
+        expect_gradients(fn, _reference(suite.function), values, step, 4, wrt=[0, 1], upstream=upstream,
+                         suite=suite, value_tolerance=HALF_TOL,
+                         tolerances=[HALF_TOL, {"rtol": 1e-2, "atol": 1e-3 * mass}])
     with suite.check("rejects step <= 0", hint="raise ValueError when any step is <= 0 (clamp it while training)"):
-        x = d.normal(_size(d, 20))
+        x = d.normal(d.size(20))
         for bad in (0.0, -float(step)):
             expect_raises(ValueError, fn, x, torch.tensor(bad), 4, what=f"lsq_fake_quantize(x, step={bad}, bits=4)")
         rows = d.normal(3, 4)
@@ -440,7 +387,7 @@ def check_lsq_fake_quantize(fn) -> None:
         expect_raises(ValueError, fn, d.normal(8), step, 1, True,
                       what="lsq_fake_quantize(x, step, bits=1, signed=True)")
     with suite.check("leaves its inputs unchanged"):
-        expect_unchanged(fn, d.normal(_size(d, 40)), step.clone(), 4, what="lsq_fake_quantize")
+        expect_unchanged(fn, d.normal(d.size(40)), step.clone(), 4, what="lsq_fake_quantize")
     suite.finish()
 
 
@@ -457,9 +404,9 @@ def check_lsq_plus_fake_quantize(fn) -> None:
         step_mass = _mass(upstream, v, 0, q_max) * g + float((upstream.abs() * z.abs()).sum()) * g
         zero_mass = float((upstream.abs() * step).sum()) * g
         kwargs = {} if grad_scale is None else {"grad_scale": grad_scale}
-        _compare_gradients(suite, fn, (x, step, zero_point, bits), kwargs, wrt=[0, 1, 2], upstream=upstream,
-                           tolerances=[MASK_TOL, _sum_tol(step_mass), _sum_tol(zero_mass)], only=only,
-                           value_tol=VALUE_TOL if value else None)
+        expect_gradients(fn, _reference(suite.function), x, step, zero_point, bits, wrt=[0, 1, 2], upstream=upstream,
+                         suite=suite, value_tolerance=VALUE_TOL, check_value=value, only=only,
+                         tolerances=[MASK_TOL, summed_tolerance(step_mass), summed_tolerance(zero_mass)], **kwargs)
 
     def codes(bits, n, margin):
         """Values of v = x / s + round(z): quarters from -margin to 2^b - 1 + margin."""
@@ -469,17 +416,17 @@ def check_lsq_plus_fake_quantize(fn) -> None:
         """A zero point that is not an integer (0.1..0.4 or 0.6..0.9 from one): rounding it matters."""
         return torch.tensor(d.integer(1, 2 ** (bits - 1)) + d.choice([-1, 1]) * d.uniform(0.1, 0.4))
 
-    step = torch.tensor(_power_of_two(d, 2, 6))
+    step = torch.tensor(d.power_of_two(2, 6))
     with suite.check("z is rounded in the forward pass (straight-through)",
                      hint="z̃ = ste_round(zero_point): round it in the forward pass, pass its gradient through"):
         for bits in (4, 8, d.integer(2, 7)):
             z = fractional_zero(bits)
-            compare((codes(bits, _size(d, 100), 3) - torch.round(z)) * step, step, z, bits)
+            compare((codes(bits, d.size(100), 3) - torch.round(z)) * step, step, z, bits)
     with suite.check("clips v = x / s + z̃ to [0, 2^b - 1]",
                      hint="add the zero point before clamping: clamp(x / s + z̃, 0, 2^b - 1)"):
         bits = d.integer(2, 6)
         z = torch.tensor(float(d.integer(1, 2**bits - 2)))
-        compare((codes(bits, _size(d, 150), 8) - z) * step, step, z, bits)
+        compare((codes(bits, d.size(150), 8) - z) * step, step, z, bits)
     with suite.check("rounds half to even", hint="torch.round rounds exact halves to the even integer"):
         z = torch.tensor(float(d.choice([3, 5, 7])))
         halves = torch.arange(0, 15).float() + 0.5
@@ -490,56 +437,56 @@ def check_lsq_plus_fake_quantize(fn) -> None:
         q_max = 2**bits - 1
         z = torch.tensor(float(d.integer(0, q_max)))
         edges = torch.tensor([0.0, q_max, -0.25, q_max + 0.25, -0.5, q_max + 0.5, 0.25, q_max - 0.25])
-        compare((d.mix(edges, codes(bits, _size(d, 40), 3)) - z) * step, step, z, bits, only=[0])
+        compare((d.mix(edges, codes(bits, d.size(40), 3)) - z) * step, step, z, bits, only=[0])
     with suite.check("step gradient: round(v) - v inside, (0 - z̃) below, (2^b - 1 - z̃) above",
                      hint="with y = (round(clamp(v)) - z̃) · s, a clipped value's step gradient is the bound "
                           "minus z̃"):
         for bits in (d.integer(2, 4), d.integer(5, 8)):
             q_max = 2**bits - 1
             z = fractional_zero(bits)
-            values = (d.mix(torch.tensor([0.0, q_max, -3.0, q_max + 3.0]), codes(bits, _size(d, 80), 6) + 0.125)
+            values = (d.mix(torch.tensor([0.0, q_max, -3.0, q_max + 3.0]), codes(bits, d.size(80), 6) + 0.125)
                       - torch.round(z)) * step
             compare(values, step, z, bits, grad_scale=1.0, only=[1])
-            compare(values, step, z, bits, grad_scale=1.0, upstream=_positive(d, values.numel()), only=[1])
+            compare(values, step, z, bits, grad_scale=1.0, upstream=d.positive(values.numel()), only=[1])
     with suite.check("zero_point gradient: 0 inside, -s outside",
                      hint="d((round(clamp(v)) - z̃) · s)/dz = s · (1[inside] - 1): -s where v was clipped"):
         bits = d.integer(2, 8)
         z = fractional_zero(bits)
-        values = (codes(bits, _size(d, 120), 8) - torch.round(z)) * step
-        compare(values, step, z, bits, grad_scale=1.0, upstream=_positive(d, values.numel()), only=[2])
+        values = (codes(bits, d.size(120), 8) - torch.round(z)) * step
+        compare(values, step, z, bits, grad_scale=1.0, upstream=d.positive(values.numel()), only=[2])
         compare(values, step, z, bits, grad_scale=1.0, only=[2])
     with suite.check("default gradient scale 1 / sqrt(N · (2^b - 1)) on the step and the zero point",
                      hint="g = lsq_grad_scale(N, bits, signed=False): multiply both learned gradients by it"):
         for bits in (2, d.integer(3, 8)):
             z = fractional_zero(bits)
-            values = (codes(bits, _size(d, 200), 6) + 0.125 - torch.round(z)) * step
-            compare(values, step, z, bits, upstream=_positive(d, values.numel()))
+            values = (codes(bits, d.size(200), 6) + 0.125 - torch.round(z)) * step
+            compare(values, step, z, bits, upstream=d.positive(values.numel()))
     with suite.check("grad_scale scales the zero point's gradient too",
                      hint="apply grad_scale to zero_point as well as to step"):
         bits = d.integer(2, 8)
         z = fractional_zero(bits)
-        values = (codes(bits, _size(d, 100), 8) - torch.round(z)) * step
-        compare(values, step, z, bits, grad_scale=d.uniform(0.02, 0.5), upstream=_positive(d, values.numel()),
+        values = (codes(bits, d.size(100), 8) - torch.round(z)) * step
+        compare(values, step, z, bits, grad_scale=d.uniform(0.02, 0.5), upstream=d.positive(values.numel()),
                 only=[2])
     with suite.check("per-channel step and zero point"):
         channels, bits = d.integer(3, 6), d.integer(3, 8)
         rows = d.rand(channels, d.integer(8, 16), low=-0.3, high=1.5)
-        steps = torch.tensor([_power_of_two(d, 3, 6) for _ in range(channels)]).reshape(-1, 1)
+        steps = torch.tensor([d.power_of_two(3, 6) for _ in range(channels)]).reshape(-1, 1)
         zeros = torch.stack([fractional_zero(bits) for _ in range(channels)]).reshape(-1, 1)
         compare(rows, steps, zeros, bits)
-        compare(rows, steps, zeros, bits, upstream=_positive(d, *rows.shape))
+        compare(rows, steps, zeros, bits, upstream=d.positive(*rows.shape))
     with suite.check("every bit width from 2 to 8"):
         for bits in range(2, 9):
             z = torch.tensor(float(d.integer(0, 2**bits - 1)))
-            compare((codes(bits, _size(d, 50), 3) - z) * step, step, z, bits)
+            compare((codes(bits, d.size(50), 3) - z) * step, step, z, bits)
     with suite.check("float16 input"):
         z = torch.tensor(3.0)
-        values = ((codes(4, _size(d, 60), 3) - 3) * step).half()
+        values = ((codes(4, d.size(60), 3) - 3) * step).half()
         upstream = d.normal(values.numel()).half()
-        _compare_gradients(suite, fn, (values, step, z, 4), wrt=[0, 1, 2], upstream=upstream,
-                           tolerances=[HALF_TOL, HALF_TOL, HALF_TOL], value_tol=HALF_TOL)
+        expect_gradients(fn, _reference(suite.function), values, step, z, 4, wrt=[0, 1, 2], upstream=upstream,
+                         suite=suite, **HALF_TOL)
     with suite.check("rejects step <= 0", hint="raise ValueError when any step is <= 0"):
-        x, z = d.rand(_size(d, 20)), torch.tensor(2.0)
+        x, z = d.rand(d.size(20)), torch.tensor(2.0)
         for bad in (0.0, -float(step)):
             expect_raises(ValueError, fn, x, torch.tensor(bad), z, 4,
                           what=f"lsq_plus_fake_quantize(x, step={bad}, zero_point=2.0, bits=4)")
@@ -551,7 +498,7 @@ def check_lsq_plus_fake_quantize(fn) -> None:
         expect_raises(TypeError, fn, d.rand(5), step, torch.tensor(1), 4,
                       what="lsq_plus_fake_quantize(x, step, an int64 zero_point, bits=4)")
     with suite.check("leaves its inputs unchanged"):
-        expect_unchanged(fn, d.rand(_size(d, 40)), step.clone(), torch.tensor(2.3), 4, what="lsq_plus_fake_quantize")
+        expect_unchanged(fn, d.rand(d.size(40)), step.clone(), torch.tensor(2.3), 4, what="lsq_plus_fake_quantize")
     suite.finish()
 
 
@@ -562,12 +509,13 @@ def check_pact_quantize(fn) -> None:
     def compare(x, alpha, bits, *, upstream=None, only=None, value=True):
         upstream = d.normal(*x.shape) if upstream is None else upstream
         mass = float(upstream.abs().sum())
-        _compare_gradients(suite, fn, (x, alpha, bits), wrt=[0, 1], upstream=upstream,
-                           tolerances=[MASK_TOL, _sum_tol(mass)], only=only, value_tol=VALUE_TOL if value else None)
+        expect_gradients(fn, _reference(suite.function), x, alpha, bits, wrt=[0, 1], upstream=upstream, suite=suite,
+                         value_tolerance=VALUE_TOL, check_value=value, tolerances=[MASK_TOL, summed_tolerance(mass)],
+                         only=only)
 
     def alpha_for(bits):
         """α = 2^k · (2^b - 1): its step α / (2^b - 1) is a power of two, so the grid is exact."""
-        return torch.tensor(_power_of_two(d, 3, 6) * (2**bits - 1))
+        return torch.tensor(d.power_of_two(3, 6) * (2**bits - 1))
 
     def levels(alpha, bits, n, low=-0.5, high=1.5):
         """Values in [low·α, high·α] on a grid of quarter steps."""
@@ -578,9 +526,9 @@ def check_pact_quantize(fn) -> None:
                      hint="2^b levels from 0 to alpha: step = alpha / (2^b - 1)"):
         for bits in (d.integer(2, 4), 8):
             alpha = alpha_for(bits)
-            compare(levels(alpha, bits, _size(d, 150)), alpha, bits)
+            compare(levels(alpha, bits, d.size(150)), alpha, bits)
         alpha = torch.tensor(d.uniform(2.0, 8.0))
-        compare(d.normal(_size(d, 200), std=float(alpha)), alpha, 4)
+        compare(d.normal(d.size(200), std=float(alpha)), alpha, 4)
     with suite.check("rounds half to even", hint="torch.round rounds exact halves to the even integer"):
         bits = 4
         alpha = alpha_for(bits)
@@ -592,31 +540,31 @@ def check_pact_quantize(fn) -> None:
         bits = d.integer(2, 8)
         alpha = alpha_for(bits)
         edges = torch.tensor([0.0, 0.0, float(alpha), float(alpha), -1.0, 2.0 * float(alpha)])
-        compare(d.mix(edges, levels(alpha, bits, _size(d, 60))), alpha, bits, only=[0])
+        compare(d.mix(edges, levels(alpha, bits, d.size(60))), alpha, bits, only=[0])
     with suite.check("alpha gradient: 1 where x > alpha, else 0",
                      hint="dy/dalpha = 1 only where x was clipped at alpha (x > alpha), not below it"):
         for bits in (d.integer(2, 4), d.integer(5, 8)):
             alpha = alpha_for(bits)
             step = float(alpha) / (2**bits - 1)
-            inside = (d.randint(0, 2**bits - 1, (_size(d, 30),)).float() + 0.25) * step   # round(v) - v = -1/4
+            inside = (d.randint(0, 2**bits - 1, (d.size(30),)).float() + 0.25) * step   # round(v) - v = -1/4
             edges = torch.tensor([float(alpha), float(alpha), 0.0, -1.0])
-            for values in (d.mix(edges, inside), d.mix(edges, levels(alpha, bits, _size(d, 60)))):
-                compare(values, alpha, bits, upstream=_positive(d, values.numel()), only=[1], value=False)
-            compare(levels(alpha, bits, _size(d, 80)), alpha, bits, only=[1])
+            for values in (d.mix(edges, inside), d.mix(edges, levels(alpha, bits, d.size(60)))):
+                compare(values, alpha, bits, upstream=d.positive(values.numel()), only=[1], value=False)
+            compare(levels(alpha, bits, d.size(80)), alpha, bits, only=[1])
     with suite.check("negative inputs give 0 (PACT replaces the ReLU)"):
         alpha = alpha_for(3)
-        compare(-d.rand(_size(d, 30), low=0.01, high=5.0), alpha, 3)
+        compare(-d.rand(d.size(30), low=0.01, high=5.0), alpha, 3)
     with suite.check("every bit width from 2 to 8"):
         for bits in range(2, 9):
             alpha = alpha_for(bits)
-            compare(levels(alpha, bits, _size(d, 50)), alpha, bits)
+            compare(levels(alpha, bits, d.size(50)), alpha, bits)
     with suite.check("float16 input"):
         alpha = alpha_for(4)
-        values = levels(alpha, 4, _size(d, 60)).half()
-        _compare_gradients(suite, fn, (values, alpha, 4), wrt=[0, 1], upstream=d.normal(values.numel()).half(),
-                           tolerances=[HALF_TOL, HALF_TOL], value_tol=HALF_TOL)
+        values = levels(alpha, 4, d.size(60)).half()
+        expect_gradients(fn, _reference(suite.function), values, alpha, 4, wrt=[0, 1],
+                         upstream=d.normal(values.numel()).half(), suite=suite, **HALF_TOL)
     with suite.check("rejects alpha <= 0", hint="raise ValueError when alpha <= 0"):
-        x = d.normal(_size(d, 20))
+        x = d.normal(d.size(20))
         for bad in (0.0, -d.uniform(0.5, 4.0)):
             expect_raises(ValueError, fn, x, torch.tensor(bad), 4, what=f"pact_quantize(x, alpha={bad:.3g}, bits=4)")
     with suite.check("rejects bad input", hint="TypeError for a non-float x; ValueError for an empty x or bits < 1"):
@@ -625,7 +573,7 @@ def check_pact_quantize(fn) -> None:
         expect_raises(ValueError, fn, torch.zeros(0), alpha, 4, what="pact_quantize(an empty x, alpha, bits=4)")
         expect_raises(ValueError, fn, d.normal(5), alpha, 0, what="pact_quantize(x, alpha, bits=0)")
     with suite.check("leaves its inputs unchanged"):
-        expect_unchanged(fn, d.normal(_size(d, 40)), alpha_for(4), 4, what="pact_quantize")
+        expect_unchanged(fn, d.normal(d.size(40)), alpha_for(4), 4, what="pact_quantize")
     suite.finish()
 
 

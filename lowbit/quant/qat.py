@@ -62,7 +62,7 @@ __all__ = ["ste_round", "fake_quantize_ste", "lsq_grad_scale", "lsq_fake_quantiz
            "STEP_FLOOR", "prepare_qat", "freeze_qat", "qat_quantizers", "alpha_penalty", "qat_policy",
            "freeze_bn_stats", "freeze_ranges", "freeze_schedule", "QAT_METHODS", "QATRun", "first_last_policy",
            "PTQ_OBSERVERS", "PTQ_CLIPS", "ptq_baselines",
-           "prepare_recipe", "retarget_bits", "train_qat"]
+           "prepare_recipe", "retarget_bits", "check_recipe_length", "recipe_training", "train_qat"]
 
 # ------------------------------------------------------------------------------------------ checks
 def _check_float(x: object, name: str = "x") -> Tensor:
@@ -992,6 +992,44 @@ def retarget_bits(qat: nn.Module, w_bits: int, a_bits: int, first_last_bits: int
     return qat
 
 
+def check_recipe_length(epochs: int, fraction: float) -> None:
+    """Raise unless ``epochs`` is an int >= 1 and ``0 < fraction <= 1`` (the recipes' length arguments)."""
+    check_int(epochs, "epochs", low=1)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+
+
+def recipe_training(model: nn.Module, epochs: int, lr: float, batch_size: int = 128, fraction: float = 1.0,
+                    seed: int = 0, loader: Iterable | None = None, progress: bool = True,
+                    hooks: Callable[[int], list[Callable]] | None = None, extra_loss: Callable | None = None,
+                    desc: str = "QAT", param_groups: list[dict] | None = None) -> tuple[list[float], float]:
+    """The training loop of the course's recipes (``train_qat`` and ``lowbit.quant.binary_train.train_binary``),
+    in place on ``model``: ``epochs`` epochs of ``lowbit.train.train`` over ``loader`` (default: the 6,000
+    embedded training images, batches of ``batch_size``, shuffled with ``seed``), ``fraction`` of each epoch's
+    batches, Adam at ``lr`` decayed to 0 on a cosine per batch. ``hooks(batches_per_epoch)`` returns the
+    ``after_step`` hooks (e.g. ``freeze_schedule``); ``extra_loss`` as in ``train``; ``param_groups``: Adam's
+    parameter groups (default: every parameter that requires a gradient, at ``lr``). Leaves ``model`` in eval
+    mode; returns (the per-batch losses, the wall seconds of training)."""
+    from lowbit import data
+    from lowbit.train import train
+
+    check_recipe_length(epochs, fraction)
+    if loader is None:
+        loader = data.loaders(batch_size=batch_size, seed=seed)[0]
+    per_epoch = max(1, math.ceil(fraction * len(loader)))
+    groups = param_groups if param_groups is not None else [{"params": [p for p in model.parameters()
+                                                                          if p.requires_grad]}]
+    optimizer = torch.optim.Adam(groups, lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * per_epoch)
+    started = time.perf_counter()
+    losses = train(model, loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device="cpu",
+                   progress=progress, max_batches=per_epoch, after_step=hooks(per_epoch) if hooks else None,
+                   extra_loss=extra_loss, desc=desc)
+    seconds = time.perf_counter() - started
+    model.eval()
+    return losses, seconds
+
+
 def train_qat(model: nn.Module, w_bits: int, a_bits: int, epochs: int = 3, method: str = "lsq",
               first_last_bits: int | None = 8, fold_bn: bool = True, lr: float = 1e-3, batch_size: int = 128,
               fraction: float = 1.0, freeze_bn_after: float | None = 1.0, freeze_ranges_after: float | None = None,
@@ -1012,32 +1050,19 @@ def train_qat(model: nn.Module, w_bits: int, a_bits: int, epochs: int = 3, metho
     arguments give the same model (one torch thread gives bit-identical runs). A loss that turns NaN is
     recorded, not raised (``QATRun.diverged``).
     """
-    from lowbit import data
-    from lowbit.train import train
     from lowbit.utils import seed_everything
 
-    check_int(epochs, "epochs", low=1)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    check_recipe_length(epochs, fraction)
     unknown = set(quantize_fns) - {"weight_quantize_fn", "activation_quantize_fn", "fold_fn", "stats_fn"}
     if unknown:
         raise TypeError(f"train_qat got unexpected arguments {sorted(unknown)}")
     seed_everything(seed)
     qat = prepared if prepared is not None else prepare_recipe(model, w_bits, a_bits, method, first_last_bits,
                                                                fold_bn, **quantize_fns)
-    if loader is None:
-        loader = data.loaders(batch_size=batch_size, seed=seed)[0]
-    per_epoch = max(1, math.ceil(fraction * len(loader)))
-    parameters = [p for p in qat.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * per_epoch)
-    hook = freeze_schedule(per_epoch, freeze_bn_after, freeze_ranges_after)
-    started = time.perf_counter()
-    losses = train(qat, loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device="cpu",
-                   progress=progress, max_batches=per_epoch, after_step=hook, extra_loss=alpha_penalty
-                   if method == "pact" else None, desc=f"QAT W{w_bits}A{a_bits} {method}")
-    seconds = time.perf_counter() - started
-    qat.eval()
+    losses, seconds = recipe_training(
+        qat, epochs, lr, batch_size, fraction, seed, loader, progress,
+        hooks=lambda per_epoch: [freeze_schedule(per_epoch, freeze_bn_after, freeze_ranges_after)],
+        extra_loss=alpha_penalty if method == "pact" else None, desc=f"QAT W{w_bits}A{a_bits} {method}")
     settings = {"w_bits": w_bits, "a_bits": a_bits, "epochs": epochs, "method": method, "fraction": fraction,
                 "first_last_bits": first_last_bits, "fold_bn": fold_bn, "lr": lr, "batch_size": batch_size,
                 "freeze_bn_after": freeze_bn_after, "freeze_ranges_after": freeze_ranges_after, "seed": seed}

@@ -1186,4 +1186,4 @@ print(lowbit.results.table(rows))
 # - P. Yin et al., 2019. *Understanding Straight-Through Estimator in Training Activation Quantized Neural Nets.* ICLR.
 # - M. Nagel et al., 2022. *Overcoming Oscillations in Quantization-Aware Training.* ICML.
 #
-# Next: **Lab 4**, where the rounding decision itself is learned (AdaRound).
+# Next: **Lab 4**, where the weights shrink to one bit or three levels (binary and ternary networks).

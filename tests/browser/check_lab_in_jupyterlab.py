@@ -7,6 +7,9 @@
     #            solutions/lab2_kmeans/lab2_kmeans.ipynb 10 --toggle kmeans++
     # Lab 3 (ste_explorer, no toggle): .venv/bin/python tests/browser/check_lab_in_jupyterlab.py \
     #            solutions/lab3_qat/lab3_qat.ipynb 15 --toggle ""
+    # Lab 4 (levels_explorer: the TWN factor slider, then "one channel"): \
+    #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab4_binary/lab4_binary.ipynb 33 \
+    #     --toggle "one channel"
 
 Serves JupyterLab on 127.0.0.1 (no token, this machine only), opens NOTEBOOK (default: the Lab 1 solution),
 waits for the kernel to be idle, runs the first CELLS cells with Shift+Enter, finds the first ipywidgets

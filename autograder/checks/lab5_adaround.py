@@ -699,7 +699,8 @@ def check_adaround_layer(fn) -> None:
             allowed = (got == floor.clamp(-q_max - 1, q_max)) | (got == (floor + 1).clamp(-q_max - 1, q_max))
             if not bool(allowed.all()):
                 i, j = (~allowed).nonzero()[0].tolist()
-                raise AssertionError(f"{what}: at index ({i}, {j}) w / s = {float(p['weight'][i, j] / p['scale'][i]):.4f}"
+                ratio = float(p["weight"][i, j] / p["scale"][i])
+                raise AssertionError(f"{what}: at index ({i}, {j}) w / s = {ratio:.4f}"
                                      f", so floor(w / s) or floor(w / s) + 1 clamped to [{-q_max - 1}, {q_max}] was "
                                      f"expected, got {int(got[i, j])} ({int((~allowed).sum())} of {got.numel()} "
                                      f"values outside that set)")

@@ -1,4 +1,8 @@
-"""Shared pieces of the lab accuracy benchmarks (bench_lab2/3/4_accuracy.py): test-set evaluators and options."""
+"""Shared pieces of the lab accuracy benchmarks (bench_lab2/3/4/5_accuracy.py): test-set evaluators and options.
+
+``test_evaluators(full)`` (alias ``evaluators``): ``{"embedded": model → top-1 accuracy in [0, 1]}`` plus
+``"full"`` when ``full``; ``TEST_SETS``: their labels; ``training_options`` / ``parser``: the command lines.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +14,7 @@ import lowbit
 from lowbit.train import evaluate
 
 Evaluators = dict[str, Callable[[nn.Module], float]]
+TEST_SETS = (("embedded", "Embedded test subset (3,000 images)"), ("full", "Full test set (10,000 images)"))
 
 
 def test_evaluators(full_test: bool) -> Evaluators:
@@ -34,3 +39,17 @@ def training_options(parser: argparse.ArgumentParser, epochs: int, what: str, qu
     parser.add_argument("--epochs", type=int, default=epochs, help=f"{what} (the recipe: {epochs})")
     parser.add_argument("--fraction", type=float, default=1.0, help="fraction of each epoch's batches (a quick "
                         f"check: {quick})")
+
+
+#: bench_lab5_accuracy's name for ``test_evaluators``.
+evaluators = test_evaluators
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The common options of a benchmark that does not train (add a script's own to the returned parser)."""
+    made = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    made.add_argument("--write", action="store_true", help="record the tables in benchmarks/RESULTS.md")
+    made.add_argument("--full-test", action="store_true", help="also evaluate on the full 10,000-image test set")
+    made.add_argument("--threads", type=int, default=1)
+    made.add_argument("--no-progress", action="store_true")
+    return made

@@ -26,6 +26,7 @@ RUNS: list[tuple[str, list[str], list[str]]] = [
     ("bench_lab2_accuracy.py", [], ["--write"]),
     ("bench_lab3_accuracy.py", ["--no-progress"], ["--write", "--full-test"]),
     ("bench_lab4_accuracy.py", ["--no-progress"], ["--write", "--full-test"]),
+    ("bench_lab5_accuracy.py", ["--no-progress"], ["--write", "--full-test"]),
     ("bench_labs.py", [], ["--write"]),
     ("bench_xnor.py", ["--threads", "1"], ["--write"]),
     ("bench_autograder.py", ["--lab", "fixture_lab"], []),

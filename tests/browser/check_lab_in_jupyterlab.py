@@ -10,6 +10,9 @@
     # Lab 4 (levels_explorer: the TWN factor slider, then "one channel"): \
     #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab4_binary/lab4_binary.ipynb 33 \
     #     --toggle "one channel"
+    # Lab 5 (rounding_explorer: the iteration slider; no toggle): \
+    #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab5_adaround/lab5_adaround.ipynb 39 \
+    #     --toggle ""
 
 Serves JupyterLab on 127.0.0.1 (no token, this machine only), opens NOTEBOOK (default: the Lab 1 solution),
 waits for the kernel to be idle, runs the first CELLS cells with Shift+Enter, finds the first ipywidgets

@@ -38,8 +38,6 @@ F32_TOL = {"rtol": 1e-5, "atol": 1e-6}
 DTYPE_TOL = {torch.float32: F32_TOL, torch.float64: F32_TOL, torch.float16: {"rtol": 2e-3, "atol": 1e-4},
              torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-3}}
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-#: The AdaRound stretch and schedule constants of the contract (AIMET's defaults).
-ZETA, GAMMA = 1.1, -0.1
 #: Share of the rounding decisions that must agree with the reference's on the same inputs.
 AGREEMENT = 0.95
 

@@ -34,7 +34,8 @@ from autograder_helpers import FIXTURE_COURSE, FIXTURE_LAB
 REPO = Path(__file__).resolve().parents[1]
 LABS = find_labs(REPO)
 #: The course's labs with graded functions (each audited below: constant answers, scan, answer-free sandbox).
-COURSE_LABS = [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat", "lab4_binary")]
+COURSE_LABS = [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat", "lab4_binary",
+                                                 "lab5_adaround")]
 LOWBIT = REPO / "lowbit"
 
 

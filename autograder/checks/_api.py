@@ -135,6 +135,8 @@ class CheckSuite:
 
     def __init__(self, function: str, contract: Any = None) -> None:
         self.function = function
+        #: The lab's contract (None for a suite without one): ``expect_reference`` finds the reference there.
+        self.contract = contract
         #: The student's parameter names (from the lab's contract), used to label inputs in messages.
         self.parameters: list[str] = contract.graded[function].parameters if contract is not None else []
         self.failures: list[str] = []
@@ -295,6 +297,22 @@ def expect_close(got: Any, expected: Any, what: str = "result", *, rtol: float =
         if g.ndim:
             detail += "\n  " + _differences(~close, g, e, inputs)
         raise _mismatch(label, expected, got, detail)
+
+
+def expect_reference(suite: "CheckSuite", fn: Callable, *args: Any, tolerance: dict | None = None,
+                     **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` returns the tensor the contract's reference of ``suite.function`` returns: the same
+    dtype and shape, values exact (or within ``tolerance``: ``rtol`` / ``atol`` as :func:`expect_close`), the call
+    labelled as the student wrote it. Returns what ``fn`` returned."""
+    what, inputs = suite.label(*args, **kwargs)
+    got = fn(*args, **kwargs)
+    expected = suite.contract.reference(suite.function)(*args, **kwargs)
+    if tolerance is None:
+        expect_equal(got, expected, what, inputs=inputs)
+    else:
+        expect_dtype(got, expected.dtype, what, inputs=inputs)
+        expect_close(got, expected, what, inputs=inputs, **tolerance)
+    return got
 
 
 def expect_raises(exc_type: type[BaseException] | tuple[type[BaseException], ...], fn: Callable, *args: Any,

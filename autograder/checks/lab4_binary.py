@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from autograder.checks._api import (CheckSuite, call_with_gradients, expect_close, expect_dtype, expect_equal,
-                                    expect_gradients, expect_raises, expect_shape, expect_unchanged,
-                                    summed_tolerance)
+from autograder.checks._api import (CheckSuite, call_with_gradients, expect_equal, expect_gradients, expect_raises,
+                                    expect_reference, expect_shape, expect_unchanged, summed_tolerance)
 from autograder.contract import load_contract
 
 #: Graded functions, their signatures and references: ``lab4_binary.contract.json``.
@@ -48,20 +47,6 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 EXACT_P_GRID = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-20, torch.float64: 2.0**-20}
 #: Copies of each value in the mean-over-many-draws check, and the bound in standard deviations.
 DRAWS_PER_VALUE, SIGMAS = 8192, 6
-
-
-def _expect_reference(suite: CheckSuite, fn, *args: Any, tolerance: dict | None = None, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` returns the reference's tensor: the same dtype and shape, values exact (or within
-    ``tolerance``). Returns what the student returned."""
-    what, inputs = suite.label(*args, **kwargs)
-    got = fn(*args, **kwargs)
-    expected = REF[suite.function](*args, **kwargs)
-    if tolerance is None:
-        expect_equal(got, expected, what, inputs=inputs)
-    else:
-        expect_dtype(got, expected.dtype, what, inputs=inputs)
-        expect_close(got, expected, what, inputs=inputs, **tolerance)
-    return got
 
 
 def _weights(d, *shape: int, std: float = 0.5) -> torch.Tensor:
@@ -92,27 +77,27 @@ def check_binarize(fn) -> None:
     suite = CheckSuite("binarize", CONTRACT)
     d = suite.draw
     with suite.check("±1: +1 where w >= 0, -1 where w < 0", hint="torch.where(w >= 0, 1, -1) in w's dtype"):
-        _expect_reference(suite, fn, d.normal(d.size(200), std=d.uniform(0.1, 3.0)))
-        _expect_reference(suite, fn, _weights(d, *_conv_shape(d)))
+        expect_reference(suite, fn, d.normal(d.size(200), std=d.uniform(0.1, 3.0)))
+        expect_reference(suite, fn, _weights(d, *_conv_shape(d)))
     with suite.check("sign(0) = +1, also for -0.0",
                      hint="torch.sign(0) is 0: use w >= 0 (true for 0.0 and -0.0), not w > 0, torch.sign or signbit"):
         edges = torch.tensor([0.0, -0.0, 0.0, -0.0, 1e-30, -1e-30, 1e-45, -1e-45])
-        _expect_reference(suite, fn, d.mix(edges, d.normal(d.size(40))))
-        _expect_reference(suite, fn, torch.zeros(d.integer(2, 5), d.integer(2, 5)))
-        _expect_reference(suite, fn, -torch.zeros(d.integer(3, 9)))
+        expect_reference(suite, fn, d.mix(edges, d.normal(d.size(40))))
+        expect_reference(suite, fn, torch.zeros(d.integer(2, 5), d.integer(2, 5)))
+        expect_reference(suite, fn, -torch.zeros(d.integer(3, 9)))
     with suite.check("large and infinite values", hint="every w >= 0 is +1, every w < 0 is -1, whatever its size"):
         edges = torch.tensor([float("inf"), -float("inf"), 3e38, -3e38, 1e6, -1e6])
-        _expect_reference(suite, fn, d.mix(edges, d.normal(d.size(30), std=100.0)))
+        expect_reference(suite, fn, d.mix(edges, d.normal(d.size(30), std=100.0)))
     with suite.check("keeps the dtype and shape (float16, bfloat16, float64; 0-dim, 1-D, 4-D)",
                      hint="return (w >= 0).to(w.dtype) * 2 - 1: the input's dtype and shape"):
         for dtype in (torch.float16, torch.bfloat16, torch.float64):
-            _expect_reference(suite, fn, d.mix(torch.tensor([0.0, -0.0]), d.normal(d.size(30))).to(dtype))
-            _expect_reference(suite, fn, _weights(d, *_conv_shape(d)).to(dtype))
-        _expect_reference(suite, fn, torch.tensor(d.choice([-1.0, 1.0]) * d.uniform(0.0, 2.0)))
-        _expect_reference(suite, fn, torch.tensor(0.0))
+            expect_reference(suite, fn, d.mix(torch.tensor([0.0, -0.0]), d.normal(d.size(30))).to(dtype))
+            expect_reference(suite, fn, _weights(d, *_conv_shape(d)).to(dtype))
+        expect_reference(suite, fn, torch.tensor(d.choice([-1.0, 1.0]) * d.uniform(0.0, 2.0)))
+        expect_reference(suite, fn, torch.tensor(0.0))
     with suite.check("empty in, empty out", hint="an empty w gives an empty result of the same shape and dtype"):
-        _expect_reference(suite, fn, torch.zeros(0))
-        _expect_reference(suite, fn, torch.zeros(d.integer(1, 4), 0, dtype=torch.float64))
+        expect_reference(suite, fn, torch.zeros(0))
+        expect_reference(suite, fn, torch.zeros(d.integer(1, 4), 0, dtype=torch.float64))
     with suite.check("leaves its input unchanged", hint="do not write into w (no w.sign_(), w[...] = ...)"):
         expect_unchanged(fn, d.mix(torch.tensor([0.0, -0.5]), d.normal(d.size(40))), what="binarize")
     suite.finish()
@@ -135,21 +120,21 @@ def check_binarize_stochastic(fn) -> None:
                      ".manual_seed(seed)), +1 where u < p",
                      hint="make the generator from the seed inside the function and draw u with torch.rand(w.shape, "
                           "generator=g) — float32, one draw per element, in w's shape"):
-        _expect_reference(suite, fn, _grid_weights(d, torch.float32, d.size(300)), seed())
-        _expect_reference(suite, fn, _grid_weights(d, torch.float32, *_conv_shape(d), low=-1.2, high=1.2), seed())
-        _expect_reference(suite, fn, _grid_weights(d, torch.float32, d.integer(3, 8), d.integer(5, 30)), seed())
+        expect_reference(suite, fn, _grid_weights(d, torch.float32, d.size(300)), seed())
+        expect_reference(suite, fn, _grid_weights(d, torch.float32, *_conv_shape(d), low=-1.2, high=1.2), seed())
+        expect_reference(suite, fn, _grid_weights(d, torch.float32, d.integer(3, 8), d.integer(5, 30)), seed())
     with suite.check("p = clip((w + 1) / 2, 0, 1): the hard sigmoid",
                      hint="p = (w + 1) / 2 clipped to [0, 1] (not torch.sigmoid(w)); +1 with probability p"):
         values = d.mix(torch.tensor([-0.75, -0.5, -0.25, 0.25, 0.5, 0.75]), d.rand(d.size(60), low=-1.0, high=1.0))
         step = EXACT_P_GRID[torch.float32]
-        _expect_reference(suite, fn, (values / step).round() * step, seed())
+        expect_reference(suite, fn, (values / step).round() * step, seed())
     with suite.check("+1 where u < p, strictly (u == p gives -1)",
                      hint="compare u < p (not u <= p), and +1 goes with u < p (not u > p)"):
         n, s = d.size(120), seed()
         u = torch.rand(n, generator=torch.Generator().manual_seed(s))   # the function's own draw, as specified
         tie = d.rand(n) < 0.5                                          # half the weights make p == u exactly
         w = torch.where(tie, 2 * u - 1, _grid_weights(d, torch.float32, n, low=-1.0, high=1.0))
-        _expect_reference(suite, fn, w, s)
+        expect_reference(suite, fn, w, s)
     with suite.check("deterministic where |w| >= 1: +1 for w >= 1, -1 for w <= -1",
                      hint="p is clipped to [0, 1]: p = 1 for w >= 1 and p = 0 for w <= -1 (torch.bernoulli refuses "
                           "p outside [0, 1])"):
@@ -194,8 +179,8 @@ def check_binarize_stochastic(fn) -> None:
     with suite.check("keeps the dtype and shape (float16, bfloat16, float64; 4-D)",
                      hint="p and the ±1 in w's dtype; u stays float32 (torch.rand without dtype=), compared with p"):
         for dtype in (torch.float16, torch.bfloat16, torch.float64):
-            _expect_reference(suite, fn, _grid_weights(d, dtype, d.size(200)), seed())
-            _expect_reference(suite, fn, _grid_weights(d, dtype, *_conv_shape(d)), seed())
+            expect_reference(suite, fn, _grid_weights(d, dtype, d.size(200)), seed())
+            expect_reference(suite, fn, _grid_weights(d, dtype, *_conv_shape(d)), seed())
     with suite.check("leaves its input unchanged", hint="do not write into w (no w.clamp_(), w.add_(1))"):
         expect_unchanged(fn, _grid_weights(d, torch.float32, d.size(50)), seed(), what="binarize_stochastic")
     suite.finish()
@@ -219,8 +204,8 @@ def check_sign_ste(fn) -> None:
 
     with suite.check("forward is binarize(x): ±1 with sign(0) = +1 (also -0.0)",
                      hint="the value is +1 where x >= 0 else -1: not torch.sign (sign(0) = 0)"):
-        _expect_reference(suite, fn, d.mix(torch.tensor([0.0, -0.0, 1e-30, -1e-30]), d.normal(d.size(100), std=2.0)))
-        _expect_reference(suite, fn, d.normal(d.integer(2, 5), d.integer(2, 6), std=0.2))
+        expect_reference(suite, fn, d.mix(torch.tensor([0.0, -0.0, 1e-30, -1e-30]), d.normal(d.size(100), std=2.0)))
+        expect_reference(suite, fn, d.normal(d.integer(2, 5), d.integer(2, 6), std=0.2))
     with suite.check("gradient passes where |x| <= 1, inclusive at ±1",
                      hint="backward: grad · 1{|x| <= 1} — x = ±1 exactly passes (torch.clamp and F.hardtanh give 0 "
                           "at the bounds)"):
@@ -241,10 +226,10 @@ def check_sign_ste(fn) -> None:
                      hint="value and gradient in x's dtype and shape"):
         for dtype in (torch.float16, torch.bfloat16, torch.float64):
             x = d.mix(_ste_points(dtype).float(), d.normal(d.size(40), std=1.2)).to(dtype)
-            _expect_reference(suite, fn, x)
+            expect_reference(suite, fn, x)
             compare(x)
         w = _weights(d, *_conv_shape(d), std=0.8)
-        _expect_reference(suite, fn, w)
+        expect_reference(suite, fn, w)
         compare(w)
     with suite.check("leaves its input unchanged", hint="do not write into x"):
         expect_unchanged(fn, d.normal(d.size(40), std=1.5), what="sign_ste")
@@ -257,7 +242,7 @@ def _channel_statistic_checks(suite: CheckSuite, fn, symbol: str) -> None:
     d = suite.draw
 
     def compare(w):
-        _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
+        expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
 
     with suite.check(f"one {symbol} per output channel: a [C] result, not one {symbol} for the tensor",
                      hint="reduce every axis except axis 0, and return shape [C] (not keepdim)"):
@@ -289,7 +274,7 @@ def check_bwn_scale(fn) -> None:
     with suite.check("α = mean |w| over every axis but 0 (conv weights [C, C_in, k, k])",
                      hint="w.abs().mean over dims 1..ndim-1: one α per output channel"):
         for w in (_weights(d, *_conv_shape(d)), _weights(d, d.integer(3, 8), d.integer(2, 4), 3, 3)):
-            _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
+            expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
     _channel_statistic_checks(suite, fn, "α")
     with suite.check("rejects a 0-dim w and channels without elements (ValueError)",
                      hint="w.ndim == 0 or a shape like [C, 0]: raise ValueError saying why"):
@@ -308,7 +293,7 @@ def check_binarize_weights(fn) -> None:
     d = suite.draw
 
     def value(w):
-        _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
+        expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
 
     def gradient(w, upstream=None, tolerance=None):
         upstream = d.normal(*w.shape).to(w.dtype) if upstream is None else upstream
@@ -376,7 +361,7 @@ def check_twn_threshold(fn) -> None:
     with suite.check("Δ = 0.7 · mean |w| per output channel (conv weights)",
                      hint="0.7 times the mean of |w| over every axis but 0 (not the max, not 0.7 · mean w)"):
         for w in (_weights(d, *_conv_shape(d)), d.heavy_tailed(d.integer(4, 8) * 36).reshape(-1, 4, 3, 3)):
-            _expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
+            expect_reference(suite, fn, w, tolerance=MEAN_TOL[w.dtype])
     _channel_statistic_checks(suite, fn, "Δ")
     suite.finish()
 
@@ -391,7 +376,7 @@ def check_twn_quantize(fn) -> None:
     d = suite.draw
 
     def compare(w, *delta):
-        _expect_reference(suite, fn, w, *delta, tolerance=MEAN_TOL[w.dtype])
+        expect_reference(suite, fn, w, *delta, tolerance=MEAN_TOL[w.dtype])
 
     with suite.check("default Δ = twn_threshold(w): values α_c · t with t ∈ {-1, 0, 1}",
                      hint="t = sign(w) · 1{|w| > Δ_c}, Δ_c = 0.7 · mean |w_c|, α_c = mean |w| over |w| > Δ_c"):
@@ -500,25 +485,25 @@ def check_ttq_quantize(fn) -> None:
     with suite.check("value: w_p above Δ = t · max|w|, -w_n below -Δ, 0 between",
                      hint="torch.where(w > Δ, w_p, torch.where(w < -Δ, -w_n, 0)) with Δ = t · w.abs().max()"):
         w = _weights(d, *_conv_shape(d))
-        _expect_reference(suite, fn, w, *scales())
-        _expect_reference(suite, fn, w, *scales(), d.uniform(0.05, 0.6))
+        expect_reference(suite, fn, w, *scales())
+        expect_reference(suite, fn, w, *scales(), d.uniform(0.05, 0.6))
     with suite.check("strict at ±Δ: w == ±Δ gives 0",
                      hint="w > Δ and w < -Δ (strict): a weight exactly at ±Δ is 0"):
         for _ in range(2):
             w, t = tied(d.integer(3, 6), d.integer(8, 20))
-            _expect_reference(suite, fn, w, *scales(), t)
+            expect_reference(suite, fn, w, *scales(), t)
     with suite.check("one Δ for the whole tensor (per layer: max |w| over every channel)",
                      hint="Δ = t · max |w| over all of w (not per channel, not mean |w|)"):
         c = d.integer(3, 6)
         w = _weights(d, c, d.integer(6, 16)) * torch.logspace(-1, 0.5, c).reshape(-1, 1)
-        _expect_reference(suite, fn, w, *scales(), d.uniform(0.1, 0.5))
-        _expect_reference(suite, fn, w, *scales())
+        expect_reference(suite, fn, w, *scales(), d.uniform(0.1, 0.5))
+        expect_reference(suite, fn, w, *scales())
     with suite.check("t is used (default 0.05)", hint="Δ = t · max|w| with the t passed in; 0.05 when none is given"):
         w = _weights(d, d.integer(3, 6), d.integer(8, 20))
         w_p, w_n = scales()
-        _expect_reference(suite, fn, w, w_p, w_n, d.uniform(0.2, 0.7))
-        _expect_reference(suite, fn, w, w_p, w_n)
-        _expect_reference(suite, fn, w, w_p, w_n, 0.0)
+        expect_reference(suite, fn, w, w_p, w_n, d.uniform(0.2, 0.7))
+        expect_reference(suite, fn, w, w_p, w_n)
+        expect_reference(suite, fn, w, w_p, w_n, 0.0)
     with suite.check("gradient w.r.t. w_p: the sum of the upstream over w > Δ",
                      hint="∂/∂w_p = Σ_{w>Δ} g: w_p must stay in the graph where w > Δ"):
         w, t = tied(d.integer(3, 6), d.integer(8, 20))
@@ -555,7 +540,7 @@ def check_ttq_quantize(fn) -> None:
             w = w.to(dtype)
             for scale_dtype in (torch.float32, dtype):
                 w_p, w_n = scales(scale_dtype)
-                _expect_reference(suite, fn, w, w_p, w_n, t)
+                expect_reference(suite, fn, w, w_p, w_n, t)
                 gradients(w, w_p, w_n, t, tolerance=HALF_TOL if dtype in LOW_PRECISION else None)
     with suite.check("rejects t outside [0, 1) (ValueError)", hint="raise ValueError unless 0 <= t < 1"):
         w = _weights(d, d.integer(2, 5), d.integer(3, 8))
@@ -585,7 +570,7 @@ def check_pack_signs(fn) -> None:
     d = suite.draw
 
     def compare(x):
-        _expect_reference(suite, fn, x)
+        expect_reference(suite, fn, x)
 
     with suite.check("bit j of word k is x[64k + j] >= 0, least significant bit first",
                      hint="word k = Σ_j bit_j · 2^j over j = 0..63 (bit 0 is x[64k], the least significant)"):

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from autograder.checks._api import (CheckSuite, expect_close, expect_dtype, expect_equal, expect_gradients,
-                                    expect_length, expect_raises, expect_shape, expect_tensor, expect_unchanged)
+                                    expect_length, expect_raises, expect_reference, expect_shape, expect_tensor,
+                                    expect_unchanged)
 from autograder.contract import load_contract
 
 #: Graded functions, their signatures and references: ``lab5_adaround.contract.json``.
@@ -40,20 +41,6 @@ DTYPE_TOL = {torch.float32: F32_TOL, torch.float64: F32_TOL, torch.float16: {"rt
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 #: Share of the rounding decisions that must agree with the reference's on the same inputs.
 AGREEMENT = 0.95
-
-
-def _expect_reference(suite: CheckSuite, fn, *args: Any, tolerance: dict | None = None, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` returns the reference's tensor: the same dtype and shape, values exact (or within
-    ``tolerance``). Returns what the student returned."""
-    what, inputs = suite.label(*args, **kwargs)
-    got = fn(*args, **kwargs)
-    expected = REF[suite.function](*args, **kwargs)
-    if tolerance is None:
-        expect_equal(got, expected, what, inputs=inputs)
-    else:
-        expect_dtype(got, expected.dtype, what, inputs=inputs)
-        expect_close(got, expected, what, inputs=inputs, **tolerance)
-    return got
 
 
 def _weights(d, *shape: int, std: float = 0.5) -> torch.Tensor:
@@ -99,7 +86,7 @@ def check_equalization_scales(fn) -> None:
     d = suite.draw
 
     def compare(w1, w2, tolerance=F32_TOL):
-        return _expect_reference(suite, fn, w1, w2, tolerance=tolerance)
+        return expect_reference(suite, fn, w1, w2, tolerance=tolerance)
 
     with suite.check("s = √(r1 · r2) / r2 per channel (linear pair w1 [C, K], w2 [D, C])",
                      hint="r1_i = max |w1[i]| (a row of w1), r2_i = max |w2[:, i]| (a column of w2); "
@@ -246,7 +233,7 @@ def check_expected_relu_input(fn) -> None:
         return d.rand(c, low=beta_low, high=beta_high), d.rand(c, low=0.2, high=2.0)
 
     def compare(beta, gamma, tolerance=None):
-        return _expect_reference(suite, fn, beta, gamma, tolerance=tolerance or DTYPE_TOL[beta.dtype])
+        return expect_reference(suite, fn, beta, gamma, tolerance=tolerance or DTYPE_TOL[beta.dtype])
 
     with suite.check("β·(1 − Φ(−β/σ)) + σ·φ(−β/σ) with σ = γ > 0",
                      hint="Phi(z) = torch.special.ndtr(z) (or 0.5 * (1 + erf(z / sqrt 2))), "
@@ -317,7 +304,7 @@ def check_corrected_bias(fn) -> None:
 
     def compare(bias, w, w_q, mean):
         dtype = w.dtype if bias is None else bias.dtype
-        return _expect_reference(suite, fn, bias, w, w_q, mean, tolerance=tolerance(bias, w, w_q, mean, dtype))
+        return expect_reference(suite, fn, bias, w, w_q, mean, tolerance=tolerance(bias, w, w_q, mean, dtype))
 
     with suite.check("bias − (w_q − w) @ E[x] (linear layer)",
                      hint="the quantization error eps = w_q - w shifts output c by sum_j eps[c, j] E[x_j]: "
@@ -387,7 +374,7 @@ def check_rectified_sigmoid(fn) -> None:
 
     def compare(*args, **kwargs):
         v = args[0]
-        return _expect_reference(suite, fn, *args, tolerance=DTYPE_TOL[v.dtype], **kwargs)
+        return expect_reference(suite, fn, *args, tolerance=DTYPE_TOL[v.dtype], **kwargs)
 
     with suite.check("h = clamp(σ(v)·(ζ − γ) + γ, 0, 1) with the defaults ζ = 1.1, γ = −0.1",
                      hint="torch.clamp(torch.sigmoid(v) * (zeta - gamma) + gamma, 0, 1)"):
@@ -456,7 +443,7 @@ def check_init_v(fn) -> None:
     d = suite.draw
 
     def compare(w, scale, *args, **kwargs):
-        return _expect_reference(suite, fn, w, scale, *args, tolerance={"rtol": 1e-5, "atol": 2e-5}, **kwargs)
+        return expect_reference(suite, fn, w, scale, *args, tolerance={"rtol": 1e-5, "atol": 2e-5}, **kwargs)
 
     with suite.check("h(V) = rest: V = −log((ζ − γ) / (rest − γ) − 1), rest = w/scale − floor(w/scale) "
                      "(per-channel scale [C])",
@@ -519,7 +506,7 @@ def check_rounding_regularizer(fn) -> None:
         return {"rtol": 1e-5, "atol": 1e-6 * v.numel()}
 
     def compare(v, *args, **kwargs):
-        return _expect_reference(suite, fn, v, *args, tolerance=mass(v) if v.dtype not in LOW_PRECISION
+        return expect_reference(suite, fn, v, *args, tolerance=mass(v) if v.dtype not in LOW_PRECISION
                                  else {"rtol": DTYPE_TOL[v.dtype]["rtol"], "atol": 1e-3 * v.numel()}, **kwargs)
 
     with suite.check("Σ (1 − |2·h(V) − 1|^β) over every element (non-integer β)",

@@ -56,3 +56,11 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# A course JupyterHub on 127.0.0.1:$(HUB_PORT) for a quick look (root: it creates an instructor and test students,
+# passwords printed once): course/hub/, instructor guide "Running the course on JupyterHub". Needs
+# configurable-http-proxy (apt-get install nodejs npm && npm install -g configurable-http-proxy).
+HUB_PORT ?= 8000
+.PHONY: hub
+hub: $(STAMP)
+	$(BIN)/python course/hub/hubctl.py demo --port $(HUB_PORT)

@@ -1,6 +1,7 @@
 """``autograder grade``: grade a whole class, in parallel, resumable, with CSV, feedback and gradebook."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -11,13 +12,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import feedback
+from .cluster import CourseMismatch, dask_grader, prepare_grader_process
 from .gradebook import write_gradebook
 from .notebook import build_plan, parse_notebook
 from .runner import Course, Lab, TimeBudget, budget, flag_slow, grade_submission, within_budget
@@ -59,22 +61,48 @@ _POOL_COURSE: Course | None = None
 
 def _pool_init(course_root: str, lab: str, secret: bytes | None = None, practice: bool = False) -> None:
     global _POOL_LAB, _POOL_COURSE
-    os.environ["NBGRADER_EXECUTION"] = "autograde"
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import torch
-    torch.set_num_threads(1)
+    prepare_grader_process()
     _POOL_COURSE = Course.load(course_root)
     _POOL_LAB = Lab.load(_POOL_COURSE, lab, secret, practice)
 
 
-def _pool_grade(student_id: str, data: bytes, mode: str, limits: Limits) -> tuple[str, dict]:
+def grade_one(lab: Lab, course: Course, student_id: str, data: bytes, mode: str, limits: Limits) -> dict:
+    """One submission's result; a grader bug becomes that student's ``crashed`` row, never a lost class."""
     try:
-        result = grade_submission(_POOL_LAB, data, mode, limits, _POOL_COURSE.sandbox_paths)
+        return grade_submission(lab, data, mode, limits, course.sandbox_paths)
     except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the whole class
-        result = {"lab": _POOL_LAB.name, "sandbox": mode, "status": "crashed", "score": 0.0, "max_score": 0.0,
-                  "reasons": [f"grader error {type(exc).__name__}: {exc}"], "cells": [], "answers": [],
-                  "manual": []}
-    return student_id, result
+        return {"lab": lab.name, "sandbox": mode, "status": "crashed", "score": 0.0, "max_score": 0.0,
+                "reasons": [f"grader error {type(exc).__name__}: {exc}"], "cells": [], "answers": [], "manual": []}
+
+
+def _pool_grade(student_id: str, data: bytes, mode: str, limits: Limits) -> tuple[str, dict]:
+    return student_id, grade_one(_POOL_LAB, _POOL_COURSE, student_id, data, mode, limits)
+
+
+class _LocalGrader:
+    """The local process pool, behind the interface :class:`autograder.cluster.DaskGrader` also has."""
+
+    def __init__(self, pool: ProcessPoolExecutor, jobs: int) -> None:
+        self.pool, self.slots, self.load = pool, jobs, jobs / (os.cpu_count() or 1)
+
+    def submit(self, student_id: str, data: bytes, mode: str, limits: Limits) -> Future:
+        return self.pool.submit(_pool_grade, student_id, data, mode, limits)
+
+
+@contextlib.contextmanager
+def _grader(lab: Lab, course: Course, mode: str, jobs: int, scheduler: str | None, worker_course: Path | None):
+    """The local pool of ``jobs`` processes, or (``scheduler``) the Dask cluster after its course check."""
+    if scheduler is None:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
+                                 initargs=(str(course.root), lab.name, lab.secret, lab.practice)) as pool:
+            yield _LocalGrader(pool, jobs)
+        return
+    try:
+        with dask_grader(scheduler, Path(worker_course or course.root), lab, mode) as grader:
+            yield grader
+    except CourseMismatch as exc:
+        raise GradingRefused(str(exc)) from None
 
 
 # -- main side -----------------------------------------------------------------------------------------
@@ -115,13 +143,19 @@ def course_secret_for(out: Path, secret: bytes | None, secret_file: Path | None)
 def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, jobs: int | None = None,
                 force: bool = False, unsafe: bool = False, limits: Limits = Limits(),
                 progress: bool = True, secret: bytes | None = None, practice: bool = False,
-                secret_file: Path | None = None, time_budget: TimeBudget = TimeBudget()) -> dict[str, dict]:
+                secret_file: Path | None = None, time_budget: TimeBudget = TimeBudget(),
+                scheduler: str | None = None, worker_course: Path | None = None,
+                class_files: bool = True) -> dict[str, dict]:
     """Grade every submission of ``lab_name`` under ``submissions`` into ``out``; returns student -> result.
 
     The hidden checks' inputs come from the course secret (``secret``, else :func:`autograder.secret.find_secret`);
     without one, grading is refused unless ``practice`` (public inputs, said in every result).
     ``limits`` are ceilings; the time limits actually applied follow from the reference solution's measured
     grading time (``time_budget``, measured once per lab and grader version, kept in ``out/reference.json``).
+    ``scheduler``: grade on the Dask cluster at that address (one task per submission, see
+    :mod:`autograder.cluster`; ``worker_course``: the course on the workers, default ``course_root``) instead of
+    a local pool of ``jobs`` processes; results, CSV, feedback and gradebook are the same either way.
+    ``class_files=False``: only ``results/`` (no CSV, feedback or gradebook: Gradescope's one-student runs).
     """
     secret = None if practice else course_secret_for(out, secret, secret_file)
     mode = choose_mode(unsafe)
@@ -143,14 +177,16 @@ def grade_class(lab_name: str, submissions: Path, out: Path, course_root: Path, 
         results, todo = _reuse_cached(found, lab, fingerprint, mode, limits, out, force)
         start = time.perf_counter()
         _grade_pending(todo, lab, course, fingerprint, mode, limits, out, jobs, progress, results, force,
-                       time_budget)
+                       time_budget, scheduler, worker_course)
         graded_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    write_outputs(lab, course, out, results)
+    if class_files:
+        write_outputs(lab, course, out, results)
     enforced = enforcement(mode)
     print(f"{summary(results)}\nsandbox: {mode}; memory: {enforced['memory']}; seccomp: {enforced['seccomp']}"
-          f"\n{len(todo)} graded now ({len(results) - len(todo)} reused) in {graded_seconds:.1f} s; "
-          f"CSV, feedback and gradebook written in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+          f"\n{len(todo)} graded now ({len(results) - len(todo)} reused) in {graded_seconds:.1f} s"
+          + (f"; CSV, feedback and gradebook written in {time.perf_counter() - start:.1f} s" if class_files else ""),
+          file=sys.stderr)
     return results
 
 
@@ -234,38 +270,37 @@ def _save(out: Path, student_id: str, key: str, result: dict) -> None:
 
 def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode: str, limits: Limits, out: Path,
                    jobs: int | None, progress: bool, results: dict[str, dict], force: bool = False,
-                   time_budget: TimeBudget = TimeBudget()) -> None:
-    """Grade ``todo`` in a pool under the lab's time budget. While the reference solution is being timed
-    (once per lab and grader version), the other workers already grade the first students under the
-    budget's floors (no budget is lower); such a result is kept only if it stayed within the budget found,
-    else it is graded again under that budget."""
+                   time_budget: TimeBudget = TimeBudget(), scheduler: str | None = None,
+                   worker_course: Path | None = None) -> None:
+    """Grade ``todo`` in a pool (or on the Dask cluster at ``scheduler``) under the lab's time budget. While the
+    reference solution is being timed (once per lab and grader version), the other workers already grade the
+    first students under the budget's floors (no budget is lower); such a result is kept only if it stayed
+    within the budget found, else it is graded again under that budget."""
     if not todo:
         return
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_pool_init,
-                             initargs=(str(course.root), lab.name, lab.secret, lab.practice)) as pool:
+    with _grader(lab, course, mode, jobs, scheduler, worker_course) as grader:
         reference = _Reference(lab, fingerprint, mode, limits, out)
         timing = reference.cached(force)
-        early = [] if timing is not None else todo[:jobs - 1]
+        early = [] if timing is not None else todo[:max(0, min(grader.slots, len(todo)) - 1)]
         provisional = replace(limits, wall_seconds=min(limits.wall_seconds, time_budget.total_floor_seconds),
                               call_seconds=min(limits.call_seconds, time_budget.floor_seconds),
                               cell_seconds=min(limits.cell_seconds, time_budget.floor_seconds))  # <= any budget
-        pending = {pool.submit(_pool_grade, sub.student_id, data, mode, provisional): (sub, key, data, True)
+        pending = {grader.submit(sub.student_id, data, mode, provisional): (sub, key, data, True)
                    for sub, key, data in early}
         if timing is None:
-            timing = reference.measure(pool)
-        applied = budget(limits, timing, time_budget, load=jobs / (os.cpu_count() or 1))
-        pending.update({pool.submit(_pool_grade, sub.student_id, data, mode, applied): (sub, key, data, False)
+            timing = reference.measure(grader)
+        applied = budget(limits, timing, time_budget, load=grader.load)
+        pending.update({grader.submit(sub.student_id, data, mode, applied): (sub, key, data, False)
                         for sub, key, data in todo[len(early):]})
         bar = tqdm(total=len(todo), desc=f"grading {lab.name}", unit="nb", disable=not progress, file=sys.stderr)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 sub, key, data, speculative = pending.pop(future)
-                _, result = future.result()
+                result = _task_result(future, sub.student_id)
                 if speculative and not within_budget(result, applied):
-                    pending[pool.submit(_pool_grade, sub.student_id, data, mode, applied)] = (sub, key, data, False)
+                    pending[grader.submit(sub.student_id, data, mode, applied)] = (sub, key, data, False)
                     continue
                 flag_slow(result, applied)
                 if sub.problem:
@@ -274,6 +309,21 @@ def _grade_pending(todo: list, lab: Lab, course: Course, fingerprint: str, mode:
                 results[sub.student_id] = result
                 bar.update(1)
         bar.close()
+
+
+def _task_result(future: Future, student_id: str) -> dict:
+    """A finished grading's result. A worker refusing the course, or a task that killed a Dask worker at
+    every try, stops the run (the results saved so far stay: the same command resumes)."""
+    try:
+        return future.result()[1]
+    except CourseMismatch as exc:
+        raise GradingRefused(str(exc)) from None
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":
+            raise
+        raise GradingRefused(f"grading {student_id} killed a Dask worker at every try ({exc}); the results "
+                             "already saved are kept: run the same command again, or grade that student "
+                             "locally") from None
 
 
 class _Reference:
@@ -292,8 +342,8 @@ class _Reference:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def measure(self, pool: ProcessPoolExecutor) -> dict:
-        _, result = pool.submit(_pool_grade, "reference", self.data, self.mode, self.limits).result()
+    def measure(self, grader: "_LocalGrader") -> dict:
+        result = _task_result(grader.submit("reference", self.data, self.mode, self.limits), "the reference")
         if result["status"] in BREACHES or "timing" not in result:
             raise GradingRefused(f"the reference solution of {self.lab.name} does not grade cleanly "
                                  f"({result['status']}: {'; '.join(result['reasons'])}); fix the lab or raise "

@@ -4,7 +4,7 @@
 
 For each lab it measures, back to back on this machine:
   1. Restart & Run All of ``solutions/<lab>/<lab>.ipynb`` in a fresh kernel (what a student or self-learner
-     runs; budget ≤ 180 s, no cell over 60 s);
+     runs; budget ≤ 180 s, the capstone ``lab6_mixed`` ≤ 360 s; no cell over 60 s);
   2. the same notebook with ``NBGRADER_EXECUTION=autograde`` (what plain ``nbgrader autograde`` executes,
      heavy experiments shrunk; budget ≤ 30 s);
   3. ``autograder grade`` of the solution as a one-student class (sandboxed, setup + answer cells only).
@@ -31,6 +31,13 @@ from autograder.submissions import fill_answers, solution_answers
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_RUN_ALL_S, BUDGET_CELL_S, BUDGET_GRADING_S = 180.0, 60.0, 30.0
+#: Labs allowed a longer Restart & Run All (LAB_GUIDE "Budgets": the capstone may take up to 6 minutes).
+RUN_ALL_BUDGETS_S = {"lab6_mixed": 360.0}
+
+
+def run_all_budget(lab: str) -> float:
+    """Seconds a Restart & Run All of ``lab`` may take."""
+    return RUN_ALL_BUDGETS_S.get(lab, BUDGET_RUN_ALL_S)
 
 
 def run_all(notebook: Path, grading: bool) -> tuple[float, float, str]:
@@ -95,7 +102,7 @@ def main() -> None:
         notebook = REPO / "solutions" / lab / f"{lab}.ipynb"
         print(f"{lab}: Restart & Run All ...", flush=True)
         full, slowest, slowest_id = run_all(notebook, grading=False)
-        print(f"  {full:.1f} s (budget {BUDGET_RUN_ALL_S:.0f} s); slowest cell {slowest_id} {slowest:.1f} s (budget {BUDGET_CELL_S:.0f} s)")
+        print(f"  {full:.1f} s (budget {run_all_budget(lab):.0f} s); slowest cell {slowest_id} {slowest:.1f} s (budget {BUDGET_CELL_S:.0f} s)")
         print(f"{lab}: Run All with NBGRADER_EXECUTION=autograde ...", flush=True)
         shrunk, _, _ = run_all(notebook, grading=True)
         print(f"  {shrunk:.1f} s (budget {BUDGET_GRADING_S:.0f} s)")
@@ -110,8 +117,8 @@ def main() -> None:
 def write_results(rows: list[tuple]) -> None:
     lines = ["## Labs", "",
              f"Measured {dt.date.today().isoformat()} on {platform.machine()}, {os.cpu_count()} cores, "
-             "`benchmarks/bench_labs.py --write`. Budgets: Restart & Run All ≤ 180 s with no cell over 60 s; "
-             "a grading run ≤ 30 s.", "",
+             "`benchmarks/bench_labs.py --write`. Budgets: Restart & Run All ≤ 180 s (the capstone `lab6_mixed` "
+             "≤ 360 s) with no cell over 60 s; a grading run ≤ 30 s.", "",
              "| lab | Restart & Run All | slowest cell | Run All, grading flag on | `autograder grade`, 1 submission |",
              "|---|---|---|---|---|"]
     table = earlier_rows({lab for lab, *_ in rows})

@@ -331,40 +331,18 @@ def matmul_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _product_multiplies(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-    """Multiplications of one sample through a ``Linear`` (out · in) or ``MatMul`` (batch · M · K · N)."""
-    if isinstance(module, MatMul):
-        return output[0].numel() * inputs[0].shape[-1]
-    return _macs(module, output)
-
-
 def matmul_multiplies(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> dict[str, int]:
     """Multiplications per image of each product in ``matmul_names(model)``, in that order, from one forward
     pass on zeros of ``input_shape`` (``[N, ...]``; counts are per sample). A ``Linear`` of ``in → out`` on
     ``T`` tokens costs ``T·in·out``; a ``MatMul`` ``[..., M, K] @ [..., K, N]`` costs ``(batch)·M·K·N``.
     Bias additions are not multiplications. The model's train/eval mode is restored.
+
+    The one implementation is ``lowbit.quant.mixed.product_costs`` (operand shapes from hooks, counted by
+    Lab 6's ``multiply_count``); this is it with the reference count.
     """
-    names = matmul_names(model)
-    modules = dict(model.named_modules())
-    counts: dict[str, int] = {}
+    from lowbit.quant.mixed import product_costs
 
-    def record(name: str):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            counts[name] = counts.get(name, 0) + _product_multiplies(module, inputs, output)
-        return hook
-
-    handles = [modules[name].register_forward_hook(record(name)) for name in names]
-    was_training = model.training
-    first = next(model.parameters(), None)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(input_shape, device=first.device if first is not None else "cpu"))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return {name: counts.get(name, 0) for name in names}
+    return product_costs(model, input_shape=input_shape)
 
 
 ARCHITECTURES["vit"] = TinyViT

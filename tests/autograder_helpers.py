@@ -52,3 +52,19 @@ for fd in range(3, 64):
     except OSError:
         pass
 """
+
+
+def real_lab(name: str = "lab1_linear") -> Lab:
+    """A lab of the course itself (this repository), loaded as grading loads it."""
+    return Lab.load(Course.load(REPO), name)
+
+
+def honest_blank_mutants(lab: Lab, mutants: int = 1) -> dict[str, bytes]:
+    """A small class: the solution ("honest"), the released notebook ("blank") and the first ``mutants``
+    mutants of the lab's catalogue (tests/mutants/<lab>.py), ids ``mutant0``, ``mutant1``, ..."""
+    from autograder.mutants import load_catalogue, mutant_submission
+    catalogue = load_catalogue(REPO / "tests" / "mutants" / f"{lab.name}.py")
+    notebooks = {"honest": submission(lab), "blank": lab.released_bytes}
+    notebooks.update({f"mutant{i}": mutant_submission(lab.source_bytes, lab.released_bytes, m)
+                      for i, m in enumerate(catalogue[:mutants])})
+    return notebooks

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 LABS = find_labs(REPO)
 #: The course's labs with graded functions (each audited below: constant answers, scan, answer-free sandbox).
 COURSE_LABS = [lab for lab in LABS if lab in ("lab1_linear", "lab2_kmeans", "lab3_qat", "lab4_binary",
-                                                 "lab5_adaround")]
+                                                 "lab5_adaround", "lab6_mixed")]
 LOWBIT = REPO / "lowbit"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 
-__all__ = ["LAB5_REFERENCES", "check_functions", "resolve_function"]
+__all__ = ["LAB5_REFERENCES", "LAB6_REFERENCES", "check_functions", "resolve_function"]
 
 #: Lab 5's graded functions → the module of each reference. Every Lab 5 pipeline accepts any of these names
 #: (one ``functions`` dict of the student's answers fits ``equalize_model``, ``correct_biases`` and
@@ -25,6 +25,12 @@ LAB5_REFERENCES = {
     "rounding_regularizer": "lowbit.quant.adaround", "beta_schedule": "lowbit.quant.adaround",
     "adaround_layer": "lowbit.quant.adaround",
 }
+
+#: Lab 6's graded functions → the module of each reference (all in ``lowbit.quant.mixed``); every Lab 6 pipeline
+#: (``mixed.quantize_products``, the sweeps, ``hessian_traces``, ...) accepts any of these names.
+LAB6_REFERENCES = {name: "lowbit.quant.mixed" for name in (
+    "quantize_operand", "zero_point_matmul", "dynamic_quantized_matmul", "multiply_count", "sensitivity_ranking",
+    "products_within_budget", "allocate_bits")}
 
 
 def check_functions(functions: Mapping[str, Callable] | None, known: Mapping[str, str]) -> dict[str, Callable]:

@@ -68,8 +68,9 @@ def _max_abs(t: torch.Tensor) -> int:
 
 
 def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a [M, K] @ b [K, N] of integer tensors, exact, as int64 (float64 BLAS when that is exact)."""
-    bound = a.shape[1] * _max_abs(a) * _max_abs(b) if a.numel() and b.numel() else 0
+    """a [..., M, K] @ b [..., K, N] of integer tensors (batch dims broadcast as in ``torch.matmul``), exact, as
+    int64 (float64 BLAS when that is exact)."""
+    bound = a.shape[-1] * _max_abs(a) * _max_abs(b) if a.numel() and b.numel() else 0
     if bound < _EXACT_FLOAT64:
         return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
     return torch.matmul(a.to(torch.int64), b.to(torch.int64))

@@ -13,10 +13,15 @@
     # Lab 5 (rounding_explorer: the iteration slider; no toggle): \
     #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab5_adaround/lab5_adaround.ipynb 39 \
     #     --toggle ""
+    # Lab 6 (allocation_explorer: the budget slider, average bits per multiplication; no toggle; the cells before
+    # it take about 4 minutes): \
+    #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab6_mixed/lab6_mixed.ipynb CELLS \
+    #     --toggle "" --run-timeout 600
 
 Serves JupyterLab on 127.0.0.1 (no token, this machine only), opens NOTEBOOK (default: the Lab 1 solution),
 waits for the kernel to be idle, runs the first CELLS cells with Shift+Enter, finds the first ipywidgets
-explorer, moves its first slider two steps left and clicks the toggle button labelled TEXT, and writes
+explorer (the first widget view holding a slider: tqdm's progress bars are widget views too), moves its first
+slider two steps left and clicks the toggle button labelled TEXT, and writes
 screenshots 01_open.png, 02_ran.png, 03_widget.png, 04_changed.png to DIR. Look at them.
 """
 from __future__ import annotations
@@ -70,6 +75,7 @@ def main() -> None:
     parser.add_argument("--toggle", default="symmetric", help="label of a toggle button to click in the explorer ('' for none)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/lowbit-browser-check"))
     parser.add_argument("--port", type=int, default=8899)
+    parser.add_argument("--run-timeout", type=int, default=300, help="seconds to wait for the CELLS cells to finish")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     server = start_jupyterlab(args.port, args.out / "jupyterlab.log")
@@ -85,9 +91,9 @@ def main() -> None:
             for _ in range(args.cells):
                 page.keyboard.press("Shift+Enter")
                 time.sleep(0.3)
-            wait_idle(page, 300_000)
+            wait_idle(page, 1000 * args.run_timeout)
             page.screenshot(path=str(args.out / "02_ran.png"))
-            widget = page.locator(".jupyter-widgets").first
+            widget = page.locator(".jupyter-widgets:has(.noUi-handle)").first
             if widget.count() == 0:
                 sys.exit("no widget rendered: see 02_ran.png")
             widget.scroll_into_view_if_needed()

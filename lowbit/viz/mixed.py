@@ -118,7 +118,7 @@ def allocation_explorer(sensitivities: Tensor | Sequence[Sequence[float]], costs
                                                     readout_format=".2f", layout=widgets.Layout(width="30em"))}
     live = has_widget_frontend()
     with plt.ioff():
-        figure = plt.figure(figsize=(9.0, 6.6), layout="constrained")
+        figure = plt.figure(figsize=(7.2, 6.6), layout="constrained")  # beside the 14em readout
         grid = figure.add_gridspec(3, 1, height_ratios=[1.6, 0.8, 1.3])
         ax_s, ax_b, ax_c = (figure.add_subplot(grid[i]) for i in range(3))
     x = torch.arange(len(n), dtype=torch.float64)

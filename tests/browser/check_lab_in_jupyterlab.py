@@ -13,9 +13,9 @@
     # Lab 5 (rounding_explorer: the iteration slider; no toggle): \
     #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab5_adaround/lab5_adaround.ipynb 39 \
     #     --toggle ""
-    # Lab 6 (allocation_explorer: the budget slider, average bits per multiplication; no toggle; the cells before
-    # it take about 4 minutes): \
-    #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab6_mixed/lab6_mixed.ipynb CELLS \
+    # Lab 6 (allocation_explorer: the budget slider, average bits per multiplication; no toggle; the 40 cells up to
+    # it take about a minute): \
+    #     .venv/bin/python tests/browser/check_lab_in_jupyterlab.py solutions/lab6_mixed/lab6_mixed.ipynb 40 \
     #     --toggle "" --run-timeout 600
 
 Serves JupyterLab on 127.0.0.1 (no token, this machine only), opens NOTEBOOK (default: the Lab 1 solution),

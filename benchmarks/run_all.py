@@ -32,7 +32,7 @@ RUNS: list[tuple[str, list[str], list[str]]] = [
     ("bench_lab6_study.py", ["--threads", "1"], ["--write"]),
     ("bench_autograder.py", ["--lab", "fixture_lab"], []),
     ("bench_autograder.py", ["--lab", "lab1_linear"], []),
-    ("bench_grading_scale.py", ["--n", "4,2,2,2,2"], ["--write"]),
+    ("bench_grading_scale.py", ["--n", "4,2,2,2,2,2"], ["--write"]),
     ("bench_hub_sizing.py", ["lab1_linear", "lab3_qat"], []),
 ]
 SCRIPTS = sorted({name for name, _, _ in RUNS})

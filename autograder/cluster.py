@@ -190,9 +190,13 @@ def dask_grader(scheduler: str, worker_course: Path, lab: Lab, mode: str) -> Ite
     with client:
         try:
             client.register_plugin(plugin, name=plugin.name)
-        except CourseMismatch:
-            raise
         except Exception as exc:  # noqa: BLE001 - a setup error comes back as the worker's exception
+            # A refused plugin stays registered on the scheduler (and would run on every worker that joins
+            # later): take it off before saying why.
+            with contextlib.suppress(Exception):
+                client.unregister_worker_plugin(plugin.name)
+            if isinstance(exc, CourseMismatch):
+                raise
             raise CourseMismatch(str(exc)) from None
         try:
             yield DaskGrader(client, plugin)

@@ -1,6 +1,10 @@
-"""``autograder grade --scheduler``: a Dask LocalCluster on loopback (2 worker processes) grades Lab 1 exactly as
+"""``autograder grade --scheduler``: a Dask LocalCluster on loopback (2 worker processes) grades a class exactly as
 ``--jobs 2`` does, loses nothing when a worker is killed mid-run, resumes only what is missing, and refuses
-workers whose course differs from the client's."""
+workers whose course differs from the client's.
+
+None of this depends on which lab is graded (the tests compare where grading ran, never what it computed), so the
+class is the fixture course's small lab: an honest, a blank and a mutant submission, graded once locally with
+``--jobs 2`` (the peer every Dask run is compared with), then on one 2-worker cluster shared by the Dask runs."""
 from __future__ import annotations
 
 import os
@@ -16,12 +20,12 @@ distributed = pytest.importorskip("distributed")
 from autograder.grade import GradingRefused, grade_class  # noqa: E402
 from autograder.sandbox import TimeBudget, bwrap_problem  # noqa: E402
 
-from autograder_helpers import (FIXTURE_COURSE, FIXTURE_LAB, REPO, TEST_LIMITS, fixture_lab,  # noqa: E402
-                                honest_blank_mutants, real_lab, write_class)
+from autograder_helpers import (FIXTURE_COURSE, FIXTURE_LAB, TEST_LIMITS, fixture_lab,  # noqa: E402
+                                honest_blank_mutants, write_class)
 
 pytestmark = pytest.mark.xdist_group("autograder-cluster")
 UNSAFE = bwrap_problem() is not None
-LAB = "lab1_linear"
+LAB, COURSE = FIXTURE_LAB, FIXTURE_COURSE
 #: Generous budgets: on a machine shared with other jobs a submission must not turn `slow` (or time out) in one
 #: run and not in another; what these tests compare is where grading ran, not how fast.
 #: Worker processes with one thread each, every socket (scheduler, workers, their HTTP servers) on loopback.
@@ -45,10 +49,10 @@ def _gradebook(out) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def classroom(tmp_path_factory):
-    """Lab 1's honest, blank and mutant submissions, graded locally with --jobs 2 (the peer)."""
+    """The fixture lab's honest, blank and mutant submissions, graded locally with --jobs 2 (the peer)."""
     root = tmp_path_factory.mktemp("cluster")
-    submissions = write_class(root / "class", LAB, honest_blank_mutants(real_lab(LAB), mutants=1))
-    grade_class(LAB, submissions, root / "local", REPO, jobs=2, progress=False, unsafe=UNSAFE, time_budget=PATIENT)
+    submissions = write_class(root / "class", LAB, honest_blank_mutants(fixture_lab(), mutants=1))
+    grade_class(LAB, submissions, root / "local", COURSE, jobs=2, progress=False, unsafe=UNSAFE, time_budget=PATIENT)
     return root, submissions
 
 
@@ -60,7 +64,7 @@ def cluster():
 
 def test_dask_run_matches_jobs_2_byte_for_byte(classroom, cluster):
     root, submissions = classroom
-    results = grade_class(LAB, submissions, root / "dask", REPO, progress=False, unsafe=UNSAFE,
+    results = grade_class(LAB, submissions, root / "dask", COURSE, progress=False, unsafe=UNSAFE,
                           scheduler=cluster.scheduler_address, time_budget=PATIENT)
     assert _outputs(root / "dask") == _outputs(root / "local")
     assert _gradebook(root / "dask") == _gradebook(root / "local")
@@ -92,7 +96,7 @@ def test_killed_worker_loses_nothing_and_rerun_grades_only_the_missing(classroom
         killer = threading.Thread(target=_kill_a_busy_worker, args=(client, killed, stop))
         killer.start()
         try:
-            grade_class(LAB, submissions, out, REPO, progress=False, unsafe=UNSAFE,
+            grade_class(LAB, submissions, out, COURSE, progress=False, unsafe=UNSAFE,
                         scheduler=cluster.scheduler_address, time_budget=PATIENT)
         finally:
             stop.set()
@@ -102,14 +106,15 @@ def test_killed_worker_loses_nothing_and_rerun_grades_only_the_missing(classroom
     assert _outputs(out) == _outputs(root / "local")
     (out / "results" / "mutant0.json").unlink()
     capsys.readouterr()
-    grade_class(LAB, submissions, out, REPO, progress=False, unsafe=UNSAFE, scheduler=cluster.scheduler_address,
+    grade_class(LAB, submissions, out, COURSE, progress=False, unsafe=UNSAFE, scheduler=cluster.scheduler_address,
                 time_budget=PATIENT)
     assert "1 graded now (2 reused)" in capsys.readouterr().err
     assert _outputs(out) == _outputs(root / "local")
 
 
 def test_worker_with_another_course_version_refuses(tmp_path):
-    """The workers' course (--worker-course) has one changed line in a check module: nothing is graded."""
+    """The workers' course (--worker-course) has one changed line in a check module: nothing is graded. On fresh
+    workers of its own: a worker process keeps the check modules of the first course it loaded."""
     other = shutil.copytree(FIXTURE_COURSE, tmp_path / "other-course")
     checks = other / "checks" / f"{FIXTURE_LAB}.py"
     checks.write_text(checks.read_text() + "\n# edited after the client's copy\n")

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_lab6_study.py [--write] [--recompute] [--threads 1]
 
 Reads the precompute ``lowbit/checkpoints/vit_study.json`` (``python -m lowbit.quant.mixed_train --write``,
-≈ 45 min on the shared 2-core machine; ``--recompute`` runs it here first, without writing the JSON) and prints,
+≈ 45 min on the shared 2-core machine, or ``--update TASK ...`` to re-run a few tasks on top of it;
+``--recompute`` runs the whole precompute here first, without writing the JSON) and prints,
 for every finding of the study, its figure beside ours: all 38 products at INT4 (dynamic per-tensor unsigned
 min-max, both operands), the fraction of the products (operations, as the study counted) and of the
 multiplications at INT4 within a 2 / 5 / 10 % accuracy budget along the greedy curve, whether that curve is
@@ -52,8 +53,11 @@ def findings(s: dict) -> list[tuple[str, str, str]]:
     rows += [("six least sensitive at INT2, rest float", f"{fig['six_int2']:.2f} %", f"{pct(s['ptq']['six_int2'])} %"),
              ("all 38 at INT2 (PTQ)", f"{fig['all_int2_ptq']:.2f} %", f"{pct(s['ptq']['all_int2'])} %")]
     if "qat" in s:
+        after = " → ".join([pct(s["qat"]["stage1"]["accuracy"])] + [pct(st["accuracy"])
+                                                                     for st in s["qat"].get("stages", [])])
         rows.append(("INT4 QAT (all 38)", f"{fig['qat_int4']:.2f} % (FP {fig['qat_int4_from']:.2f} %)",
-                     f"{pct(s['qat']['accuracy'])} % (FP {pct(fp)} %, {100 * (s['qat']['accuracy'] - fp):+.2f} pt)"))
+                     f"{pct(s['qat']['accuracy'])} % (FP {pct(fp)} %, {100 * (s['qat']['accuracy'] - fp):+.2f} pt; "
+                     f"after each stage: {after} %)"))
         g = s["gradual"]
         rows.append(("gradual INT4 → INT2, all 38 at INT2", f"{fig['gradual_int2']:.2f} %",
                      f"{pct(g['end_accuracy'])} % (from {pct(g['start_accuracy'])} %; embedded subset along the "
@@ -90,18 +94,36 @@ def allocation_rows(s: dict) -> list[str]:
     return lines
 
 
+def qat_text(stages: list[dict]) -> str:
+    """The INT4 QAT stages in words: "1 epoch … at lr 0.0001, then 0.5 epoch at lr 3e-05, then …"."""
+    first, *rest = stages
+    return ", then ".join([f"{first['fraction'] * first['epochs']:g} epoch of the 60,000 training images at lr "
+                           f"{first['lr']:g}"] + [f"{st['fraction'] * st['epochs']:g} epoch at lr {st['lr']:g}"
+                                                  for st in rest])
+
+
+def updates_text(s: dict) -> str:
+    """How the study was last touched: "" for one full precompute, else the tasks re-run on top of it."""
+    updates = s.get("updates", [])
+    if not updates:
+        return ""
+    return "; then " + ", then ".join(f"`--update {' '.join(u['tasks'])}` in {u['seconds'] / 60:.1f} min"
+                                      for u in updates) + (" re-ran those tasks on top of it: every other section is "
+                                                           "the earlier run's, whose recipe for it is unchanged")
+
+
 def report(s: dict) -> str:
     recipe, t = s["recipe"], s["timings"]
     q, g, sc = recipe["qat"]["stages"], recipe["gradual"], recipe["scratch"]
+    start = "the final INT4 QAT model" if g["start"] == "qat" else "the first QAT stage"
     lines = [f"`benchmarks/bench_lab6_study.py --write`, from `lowbit/checkpoints/vit_study.json` "
              f"(`python -m lowbit.quant.mixed_train --write`, torch {s['torch_version']}, {s['threads']} thread, "
-             f"seed {s['seed']}, {t['total'] / 60:.1f} min on the shared 2-core machine). Every product's operands "
-             "quantized per tensor, unsigned, min-max (dynamic) for PTQ; QAT with LSQ+ learned ranges per operand "
-             f"(INT4: {q[0]['fraction'] * q[0]['epochs']:g} epoch of the 60,000 training images at lr {q[0]['lr']:g}, then "
-             f"{q[1]['fraction'] * q[1]['epochs']:g} epoch at lr {q[1]['lr']:g}; gradual, from the first stage: "
-             f"{g['steps']} batches of 128 after each switch at lr {g['lr']:g}; scratch: {sc['epochs']} epochs of "
-             f"{sc['fraction']:g} × 60,000 images at lr {sc['lr']:g}). Accuracy on the {s['test_set']}; the study's "
-             "figures are a ViT on CIFAR-10 (its own test set).", "",
+             f"seed {s['seed']}, {t['total'] / 60:.1f} min on the shared 2-core machine{updates_text(s)}). Every "
+             "product's operands quantized per tensor, unsigned, min-max (dynamic) for PTQ; QAT with LSQ+ learned "
+             f"ranges per operand (INT4, plain QAT: {qat_text(q)}, each stage Adam decayed to 0 on a cosine; "
+             f"gradual, from {start}: {g['steps']} batches of 128 after each switch at lr {g['lr']:g}; scratch: "
+             f"{sc['epochs']} epochs of {sc['fraction']:g} × 60,000 images at lr {sc['lr']:g}). Accuracy on the "
+             f"{s['test_set']}; the study's figures are a ViT on CIFAR-10 (its own test set).", "",
              "| finding | study (ViT, CIFAR-10) | ours (TinyViT, Fashion-MNIST) |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in findings(s)]
     lines += allocation_rows(s)
@@ -114,7 +136,12 @@ def main() -> None:
     parser.add_argument("--recompute", action="store_true", help="run the precompute here (≈ 45 min)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    study = MT.run_study(progress=not args.no_progress) if args.recompute else MT.load_study()
+    if args.recompute:
+        import tempfile
+
+        study = MT.run_study(tempfile.mkdtemp(prefix="vit_study_"), progress=not args.no_progress)
+    else:
+        study = MT.load_study()
     text = report(study)
     print(text)
     if args.write:

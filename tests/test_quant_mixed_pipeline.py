@@ -205,6 +205,14 @@ def test_budget_fractions_by_products_and_by_multiplies():
         M.budget_fractions(["c", "a"], 3, costs)
 
 
+def test_first_dip_stops_at_the_first_crossing_where_the_budget_reads_on():
+    curve = [0.90, 0.895, 0.87, 0.89, 0.886, 0.80]          # dips below 0.88 at k = 2, comes back at k = 3, 4
+    assert M.first_dip(curve, 0.90, 0.02) == 1
+    assert M.products_within_budget(curve, 0.90, 0.02) == 4
+    assert M.first_dip(curve, 0.90, 0.20) == len(curve) - 1  # never below the line
+    assert M.first_dip(curve, 0.95, 0.01) == -1               # even curve[0] is below it
+
+
 def test_drop_table_and_the_additive_prediction():
     sweeps = {8: {"a": 0.9, "b": 0.89}, 4: {"a": 0.88, "b": 0.91}, 2: {"a": 0.5, "b": 0.7}}
     drops = M.drop_table(sweeps, 0.9, ["a", "b"])

@@ -46,7 +46,7 @@ __all__ = ["MAX_OPERAND_BITS", "CHOICES", "quantize_operand", "zero_point_matmul
            "multiply_count", "sensitivity_ranking", "products_within_budget", "allocate_bits",
            "QuantizedProduct", "product_modules", "quantize_products", "set_product_bits", "product_bits",
            "product_costs", "BATCH_SIZE", "accuracy", "config_accuracy", "single_product_accuracies", "greedy_curve",
-           "Fractions", "budget_fractions", "drop_table", "additive_prediction", "greedy_allocation",
+           "Fractions", "budget_fractions", "first_dip", "drop_table", "additive_prediction", "greedy_allocation",
            "centred_codes", "HESSIAN_SAMPLES", "HESSIAN_IMAGES", "hessian_traces", "hawq_scores", "spearman",
            "CNN_METHODS", "CNNPoint", "cnn_layer_weights", "cnn_policy_size", "cnn_policy_accuracy",
            "cnn_layer_sensitivities", "pareto_front", "cnn_pareto"]
@@ -678,6 +678,14 @@ def budget_fractions(order: Sequence[str], k: int, costs: Mapping[str, int]) -> 
         raise ValueError(f"costs has no entry for {missing[:3]}; use product_costs(model)")
     total = sum(costs.values())
     return Fractions(k / len(costs), sum(costs[name] for name in order[:k]) / total)
+
+
+def first_dip(curve: Sequence[float], baseline: float, budget: float) -> int:
+    """Products before the greedy ``curve`` (``curve[k]``: accuracy with the first ``k`` at low precision) first
+    falls below ``baseline - budget`` (−1 when ``curve[0]`` already does): what stopping at the first crossing
+    reads, against ``products_within_budget``'s largest ``k``."""
+    below = [k for k, accuracy in enumerate(curve) if accuracy < baseline - budget]
+    return (below[0] - 1) if below else len(curve) - 1
 
 
 def drop_table(accuracies_by_bits: Mapping[int, Mapping[str, float]], baseline: float, names: Sequence[str],

@@ -860,7 +860,7 @@ def assemble(folder, recipe: Mapping = STUDY_RECIPE, wall_seconds: float | None 
         k = core.products_within_budget(curve, fp, budget)
         operations, multiplies = core.budget_fractions(order, k, costs)
         budgets[str(budget)] = {"products": k, "operations": float(operations), "multiplies": float(multiplies),
-                                "accuracy": curve[k], "first_dip": _first_dip(curve, fp, budget)}
+                                "accuracy": curve[k], "first_dip": core.first_dip(curve, fp, budget)}
     wall = wall_seconds if wall_seconds is not None else max(parts_seconds(parts).values())
     return {"recipe": json_ready(recipe), "seed": recipe["seed"], "torch_version": torch.__version__, "threads": 1,
             "test_set": "full Fashion-MNIST test set (10,000 images)",
@@ -1012,12 +1012,6 @@ def json_ready(value: object) -> object:
     import json
 
     return json.loads(json.dumps(value))
-
-
-def _first_dip(curve: Sequence[float], baseline: float, budget: float) -> int:
-    """Products before the greedy curve first falls below the budget (what reading the curve naively gives)."""
-    below = [k for k, accuracy in enumerate(curve) if accuracy < baseline - budget]
-    return (below[0] - 1) if below else len(curve) - 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -923,8 +923,7 @@ print(f"{'budget':>7} {'products':>9} {'operations':>11} {'multiplies':>11} {'cu
 for budget in BUDGETS:
     k = products_within_budget(greedy, study_fp32, budget)
     shares = mixed.budget_fractions(study_order, k, multiplies)
-    below = [j for j, accuracy in enumerate(greedy) if accuracy < study_fp32 - budget]
-    first_dip = below[0] - 1 if below else len(greedy) - 1
+    first_dip = mixed.first_dip(greedy, study_fp32, budget)
     if k not in embedded_at:                          # the same k for several budgets: measured once
         embedded_at[k] = mixed.config_accuracy(qvit, {name: 4 for name in study_order[:k]}, test_images, test_labels)
     budget_rows[budget] = {"k": k, "operations": shares.products, "multiplies": shares.multiplies,

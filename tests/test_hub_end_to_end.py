@@ -172,13 +172,18 @@ def class_run():
                 raise
             yield run
     finally:
+        cleanup_said = repr(sys.exc_info()[1])   # what running_class's clean-up raised, if anything
         leftovers = [pid for uid in uids for pid in hubctl.uid_pids(uid)]
         proxy = hubctl.stray_proxy(hub) if hub else None
         log = _log_tail(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
         assert not leftovers and proxy is None, f"left running: processes {leftovers}, proxy {proxy}\n{log}"
-        assert not [name for name in accounts if hubctl.user_exists(name)], "test accounts left behind"
-        assert hubctl.group_exists(hubctl.INSTRUCTORS_GROUP) == group_existed, "the instructors' group left behind"
+        left = [name for name in accounts if hubctl.user_exists(name)]
+        assert not left, f"test accounts left behind: {left}; the clean-up said: {cleanup_said}"
+        group_left = hubctl.group_exists(hubctl.INSTRUCTORS_GROUP) and not group_existed
+        members = hubctl.primary_members(hubctl.INSTRUCTORS_GROUP) if group_left else []
+        assert not group_left, (f"the instructors' group left behind (primary group of {members}); "
+                                f"the clean-up said: {cleanup_said}")
 
 
 def drive_class(run: ClassRun) -> None:

@@ -161,9 +161,35 @@ def remove_user(name: str) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.2)
-    run("userdel", "-r", "-f", name, check=False)   # -r: home and mail spool; a missing spool is not an error
-    if user_exists(name):
-        raise RuntimeError(f"could not delete account {name!r}: {run('userdel', '-r', name, check=False).stderr}")
+    attempts = []
+    for _ in range(5):    # userdel fails (exit 1/10) while another tool holds the lock on /etc/passwd or /etc/group
+        result = run("userdel", "-r", "-f", name, check=False)   # -r: home and mail spool (a missing spool is fine)
+        if not user_exists(name):
+            return
+        attempts.append(f"exit {result.returncode}: {result.stderr.strip()}")
+        time.sleep(0.5)
+    raise RuntimeError(f"could not delete account {name!r} (remove it with `userdel -r {name}`): "
+                       + "; ".join(attempts))
+
+
+def primary_members(group: str) -> list[str]:
+    """Accounts whose primary group is ``group`` (groupdel refuses to delete such a group)."""
+    gid = grp.getgrnam(group).gr_gid
+    return [entry.pw_name for entry in pwd.getpwall() if entry.pw_gid == gid]
+
+
+def remove_group(name: str) -> None:
+    """Delete ``name`` unless an account still has it as its primary group (then it is kept, and that is fine)."""
+    attempts = []
+    for _ in range(5):
+        if not group_exists(name) or primary_members(name):
+            return
+        result = run("groupdel", name, check=False)
+        if not group_exists(name):
+            return
+        attempts.append(f"exit {result.returncode}: {result.stderr.strip()}")
+        time.sleep(0.5)
+    raise RuntimeError(f"could not delete group {name!r} (remove it with `groupdel {name}`): " + "; ".join(attempts))
 
 
 # --- the course directory and the exchange -----------------------------------------------------------------
@@ -391,15 +417,23 @@ def running_class(scratch: Path, instructor: str, students: list[str], passwords
         process = start_hub(hub, scratch / "jupyterhub.log")
         yield hub
     finally:
-        if process is not None:
-            stop_hub(process)
-        if hub is not None:
-            stop_stray_proxy(hub)
-        for name in accounts:
-            remove_user(name)
-        if not group_existed and group_exists(INSTRUCTORS_GROUP):
-            run("groupdel", INSTRUCTORS_GROUP, check=False)   # kept while another account still has it
-        restore_modes(changed)
+        steps = [(stop_hub, process)] if process is not None else []
+        steps += [(stop_stray_proxy, hub)] if hub is not None else []
+        steps += [(remove_user, name) for name in accounts]
+        steps += [] if group_existed else [(remove_group, INSTRUCTORS_GROUP)]
+        run_every_step(steps + [(restore_modes, changed)])
+
+
+def run_every_step(steps: list[tuple]) -> None:
+    """Clean-up: run every ``(function, argument)`` even when an earlier one fails; then report all failures."""
+    failures = []
+    for function, argument in steps:
+        try:
+            function(argument)
+        except Exception as error:  # noqa: BLE001 -- collected and raised below, none is lost
+            failures.append(f"{function.__name__}: {error}")
+    if failures:
+        raise RuntimeError("cleaning up the class hub left work undone:\n  " + "\n  ".join(failures))
 
 
 # --- command line ------------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@ the same checks as a local run, so a result is the same wherever it was computed
 Start-up check: :class:`CourseCheck` is a Dask worker plugin registered for the run. On every worker (those
 present and those that join later) it loads the lab from the worker's own copy of the course and compares
 :func:`course_fingerprint` with the client's: the lab's fingerprint (notebooks, checks, contract, grader code,
-secret tag), the course package sources (``lowbit``) and the torch version. A worker that differs refuses:
-the registration fails with a message naming the worker and what differs, and a task that lands on a worker
-that joined later with another course raises :class:`CourseMismatch`, which stops the run.
+secret tag), the course package sources (``lowbit``), the course's sandbox packages and the torch version. A
+worker that differs refuses: the registration fails with a message naming the worker and what differs, and a
+task that lands on a worker that joined later with another course raises :class:`CourseMismatch`, which stops
+the run. A long-lived worker process also refuses when the packages or grader code it imported in an earlier
+run differ from its course's files now (Python keeps imported code; a restart imports it afresh); a check module
+that changed is simply imported again.
 
 A worker process that dies mid-task loses nothing: the scheduler runs its tasks again on another worker
 (up to ``distributed.scheduler.allowed-failures`` deaths per task), and results reach disk only on the client,
@@ -42,6 +45,13 @@ RESOURCE = "grader"
 WAIT_FOR_WORKERS = 300.0  # seconds to wait for the first worker
 
 
+#: What this worker process has imported, part by part, at the first run that loaded it: the course and sandbox
+#: packages and the grader code. Python keeps imported modules for the life of a process, so a later run whose
+#: files differ (another course, or files changed since) would grade with the old code although its fingerprint,
+#: read from disk, matches the client's: such a run is refused.
+_IMPORTED: dict[str, str] = {}
+
+
 class CourseMismatch(RuntimeError):
     """A worker holds another version of the course than the client (or cannot sandbox); says what differs."""
 
@@ -55,12 +65,17 @@ def _tree_digest(folders: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def course_fingerprint(lab: Lab) -> dict[str, str]:
+def course_fingerprint(lab: Lab, course: Course) -> dict[str, str]:
     """What a worker must share with the client, part by part (so a refusal can say which part differs):
-    the lab's grading fingerprint, the course packages' files and the torch version."""
+    the lab's grading fingerprint, the course packages' files, the course's sandbox packages and torch's version."""
     import torch
-    return {"lab": lab.fingerprint(), "course packages": _tree_digest(course_package_dirs()),
-            "torch": torch.__version__}
+    return {"lab": lab.fingerprint(), **_imported_code(course), "torch": torch.__version__}
+
+
+def _imported_code(course: Course) -> dict[str, str]:
+    """Digests of the code a grading process imports once and keeps: course packages, sandbox packages."""
+    return {"course packages": _tree_digest(course_package_dirs()),
+            "sandbox packages": _tree_digest(list(course.sandbox_paths))}
 
 
 def prepare_grader_process() -> None:
@@ -106,7 +121,7 @@ class CourseCheck(_WorkerPlugin):
                 raise CourseMismatch(f"cannot sandbox student code: {bwrap_problem()}; install bubblewrap there")
             self.course = Course.load(self.course_root)
             self.lab = Lab.load(self.course, self.lab_name, self.secret, self.practice)
-            found = course_fingerprint(self.lab)
+            found = course_fingerprint(self.lab, self.course)
         except CourseMismatch as exc:
             self.problem = f"worker {where} refuses to grade: {exc}"
         except Exception as exc:  # noqa: BLE001 - anything that stops the worker loading the lab is a refusal
@@ -121,8 +136,24 @@ class CourseCheck(_WorkerPlugin):
                                     for p in differs)
                                 + "). Install the same course version (same commit, `make release`) on every "
                                   "worker, or point --worker-course at it.")
+        if self.problem is None:
+            stale = _stale_imports(self.course)
+            if stale:
+                self.problem = (f"worker {where} refuses to grade: this worker process imported other code in "
+                                f"an earlier run (its {', '.join(stale)} differ from the files now: another course, "
+                                "or files changed since), and Python keeps imported code for the life of a "
+                                "process. Restart the workers (`Client.restart()`, or start `dask worker` again), "
+                                "then grade.")
         if self.problem:
             raise CourseMismatch(self.problem)
+
+
+def _stale_imports(course: Course) -> list[str]:
+    """The parts of the code this process imported at its first run that differ from ``course``'s now (see
+    _IMPORTED; check modules are re-imported when they change, see autograder.checks.load_check_module)."""
+    from .runner import _grader_source_bytes
+    now = {**_imported_code(course), "grader code": hashlib.sha256(_grader_source_bytes()).hexdigest()}
+    return [part for part, value in now.items() if _IMPORTED.setdefault(part, value) != value]
 
 
 def grade_on_worker(plugin_name: str, student_id: str, data: bytes, mode: str, limits: Limits) -> tuple[str, dict]:
@@ -176,13 +207,13 @@ def _cluster_load(client, info: dict) -> float:
 
 
 @contextlib.contextmanager
-def dask_grader(scheduler: str, worker_course: Path, lab: Lab, mode: str) -> Iterator[DaskGrader]:
+def dask_grader(scheduler: str, worker_course: Path, lab: Lab, course: Course, mode: str) -> Iterator[DaskGrader]:
     """Connect to ``scheduler``, check every worker's course (see :class:`CourseCheck`), yield the grader."""
     try:
         from distributed import Client
     except ImportError:
         raise CourseMismatch("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
-    plugin = CourseCheck(str(worker_course), lab.name, lab.secret, lab.practice, mode, course_fingerprint(lab))
+    plugin = CourseCheck(str(worker_course), lab.name, lab.secret, lab.practice, mode, course_fingerprint(lab, course))
     try:
         client = Client(scheduler, timeout="30s")
     except OSError as exc:

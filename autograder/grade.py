@@ -99,7 +99,7 @@ def _grader(lab: Lab, course: Course, mode: str, jobs: int, scheduler: str | Non
             yield _LocalGrader(pool, jobs)
         return
     try:
-        with dask_grader(scheduler, Path(worker_course or course.root), lab, mode) as grader:
+        with dask_grader(scheduler, Path(worker_course or course.root), lab, course, mode) as grader:
             yield grader
     except CourseMismatch as exc:
         raise GradingRefused(str(exc)) from None

@@ -11,7 +11,6 @@ import builtins
 import contextlib
 import io
 import hashlib
-import importlib
 import inspect
 import json
 import random
@@ -31,7 +30,7 @@ from lowbit import _vjp
 from . import secret as course_secret
 from . import student_build
 from . import wire
-from .checks import _api, add_checks_path, find_check_module
+from .checks import _api, add_checks_path, load_check_module
 from .contract import Contract, load_contract
 from .feedback import not_attempted
 from .notebook import InvalidNotebook, Plan, TestCell, build_plan, parse_notebook, scan_answers
@@ -116,12 +115,9 @@ class Lab:
         for path in (source, released):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; run `python -m autograder release {name}` first")
-        module_file = find_check_module(name)
-        contract = load_contract(name) if module_file is not None else None
-        checks_bytes = b""
-        if module_file is not None:
-            importlib.import_module(f"autograder.checks.{name}")
-            checks_bytes = module_file.read_bytes() + contract.path.read_bytes()
+        loaded = load_check_module(name)
+        contract = load_contract(name) if loaded is not None else None
+        checks_bytes = loaded[1] + contract.path.read_bytes() if loaded is not None else b""
         return cls(name, source.read_bytes(), released.read_bytes(), checks_bytes,
                    contract.protected if contract else [], contract, secret, practice)
 

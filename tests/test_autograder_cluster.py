@@ -113,8 +113,7 @@ def test_killed_worker_loses_nothing_and_rerun_grades_only_the_missing(classroom
 
 
 def test_worker_with_another_course_version_refuses(tmp_path):
-    """The workers' course (--worker-course) has one changed line in a check module: nothing is graded. On fresh
-    workers of its own: a worker process keeps the check modules of the first course it loaded."""
+    """The workers' course (--worker-course) has one changed line in a check module: nothing is graded."""
     other = shutil.copytree(FIXTURE_COURSE, tmp_path / "other-course")
     checks = other / "checks" / f"{FIXTURE_LAB}.py"
     checks.write_text(checks.read_text() + "\n# edited after the client's copy\n")
@@ -126,3 +125,26 @@ def test_worker_with_another_course_version_refuses(tmp_path):
             grade_class(FIXTURE_LAB, submissions, tmp_path / "out", FIXTURE_COURSE, limits=TEST_LIMITS,
                         progress=False, unsafe=UNSAFE, scheduler=small.scheduler_address, worker_course=other)
     assert not list((tmp_path / "out" / "results").glob("*.json"))
+
+
+def test_a_worker_that_imported_older_code_refuses_until_restarted(tmp_path):
+    """A long-lived worker grades the course, then a reference in the course's package is edited on disk and the
+    client grades with the edited course: the fingerprints agree (both read the files), but the worker process
+    still holds the old module, so it refuses; once restarted, it grades."""
+    course = shutil.copytree(FIXTURE_COURSE, tmp_path / "course")
+    lab = fixture_lab()
+    submissions = write_class(tmp_path / "class", FIXTURE_LAB, {"honest": lab.released_bytes})
+    run = dict(limits=TEST_LIMITS, progress=False, unsafe=UNSAFE, worker_course=course, time_budget=PATIENT)
+    with distributed.LocalCluster(n_workers=1, **LOOPBACK) as small:
+        grade_class(FIXTURE_LAB, submissions, tmp_path / "first", course, scheduler=small.scheduler_address, **run)
+        reference = course / "pkg" / "fixref" / "__init__.py"
+        reference.write_text(reference.read_text() + "\n# edited while the worker was running\n")
+        with pytest.raises(GradingRefused, match=r"imported other code in an earlier run \(its sandbox packages "
+                                                 r"differ"):
+            grade_class(FIXTURE_LAB, submissions, tmp_path / "second", course, scheduler=small.scheduler_address,
+                        **run)
+        assert not list((tmp_path / "second" / "results").glob("*.json"))
+        with distributed.Client(small.scheduler_address) as client:
+            client.restart()
+        grade_class(FIXTURE_LAB, submissions, tmp_path / "second", course, scheduler=small.scheduler_address, **run)
+    assert len(list((tmp_path / "second" / "results").glob("*.json"))) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -141,6 +142,26 @@ def test_cache_fingerprint_changes_with_the_secret():
     prints = {Lab.load(course, FIXTURE_LAB, secret, practice).fingerprint()
               for secret, practice in ((b"a" * 20, False), (b"b" * 20, False), (None, True), (None, False))}
     assert len(prints) == 4
+
+
+def test_the_checks_graded_are_the_bytes_fingerprinted_whatever_was_loaded_before(tmp_path):
+    """One process loads the fixture course, then a copy whose check module differs, then the copy again after an
+    edit: each time the module that runs is the one whose bytes the lab's fingerprint was taken from."""
+    import autograder.checks as checks_package
+    copy = Path(shutil.copytree(FIXTURE_COURSE, tmp_path / "copy"))
+    module_file = copy / "checks" / f"{FIXTURE_LAB}.py"
+    original = Lab.load(Course.load(FIXTURE_COURSE), FIXTURE_LAB)
+    for marker in ("first edit", "second edit"):
+        module_file.write_text(module_file.read_text() + f"\nMARKER = {marker!r}\n")
+        edited = Lab.load(Course.load(copy), FIXTURE_LAB)
+        module = sys.modules[f"autograder.checks.{FIXTURE_LAB}"]
+        assert (module.MARKER, module.__file__) == (marker, str(module_file.resolve()))
+        assert getattr(checks_package, FIXTURE_LAB) is module
+        assert edited.checks_bytes.startswith(module_file.read_bytes())
+        assert edited.fingerprint() != original.fingerprint()
+    again = Lab.load(Course.load(FIXTURE_COURSE), FIXTURE_LAB)
+    assert not hasattr(sys.modules[f"autograder.checks.{FIXTURE_LAB}"], "MARKER")
+    assert again.fingerprint() == original.fingerprint()
 
 
 # ------------------------------------------------------------------------------------------ comparisons

@@ -5,7 +5,10 @@ fixture course's ``checks/``) are appended to this package's ``__path__`` by :fu
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 __path__ = list(__path__)  # noqa: F821 - make the package path extendable
@@ -15,10 +18,12 @@ for _folder in filter(None, os.environ.get("AUTOGRADER_CHECKS_PATH", "").split(o
 
 
 def add_checks_path(folder: str | Path) -> None:
-    """Let ``autograder.checks.<lab>`` also resolve to ``<folder>/<lab>.py``."""
+    """Let ``autograder.checks.<lab>`` resolve to ``<folder>/<lab>.py`` before any other folder's ``<lab>.py``:
+    the course loaded last is the one graded (a process that loads two courses must not keep the first's)."""
     folder = str(Path(folder).resolve())
-    if folder not in __path__:
-        __path__.append(folder)
+    if folder in __path__:
+        __path__.remove(folder)
+    __path__.insert(0, folder)
 
 
 def find_check_module(lab: str) -> Path | None:
@@ -28,3 +33,30 @@ def find_check_module(lab: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def load_check_module(lab: str) -> tuple[Path, bytes] | None:
+    """Import ``autograder.checks.<lab>`` from the file it resolves to now; return that file and its bytes, which
+    are exactly the code the grader then runs. A module already imported from another file, or from other bytes
+    (the file was edited, or another course was loaded earlier in this process), is replaced. None: no such lab."""
+    path = find_check_module(lab)
+    if path is None:
+        return None
+    source = path.read_bytes()
+    contract = path.with_name(f"{lab}.contract.json")   # the module reads it at import: a new one re-imports too
+    digest = hashlib.sha256(source + (contract.read_bytes() if contract.is_file() else b"")).hexdigest()
+    name = f"{__name__}.{lab}"
+    cached = sys.modules.get(name)
+    if cached is not None and getattr(cached, "__source_sha256__", None) == digest and cached.__file__ == str(path):
+        return path, source
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    module.__source_sha256__ = digest
+    sys.modules[name] = module
+    try:
+        exec(compile(source, str(path), "exec"), module.__dict__)  # the bytes read above, not a second read
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    setattr(sys.modules[__name__], lab, module)
+    return path, source

@@ -30,6 +30,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Iterator
 
+from .grade import CourseMismatch, prepare_grader_process
 from .runner import Course, Lab
 from .sandbox import Limits, bwrap_problem, course_package_dirs
 
@@ -52,10 +53,6 @@ WAIT_FOR_WORKERS = 300.0  # seconds to wait for the first worker
 _IMPORTED: dict[str, str] = {}
 
 
-class CourseMismatch(RuntimeError):
-    """A worker holds another version of the course than the client (or cannot sandbox); says what differs."""
-
-
 def _tree_digest(folders: list[Path]) -> str:
     digest = hashlib.sha256()
     for folder in folders:
@@ -76,14 +73,6 @@ def _imported_code(course: Course) -> dict[str, str]:
     """Digests of the code a grading process imports once and keeps: course packages, sandbox packages."""
     return {"course packages": _tree_digest(course_package_dirs()),
             "sandbox packages": _tree_digest(list(course.sandbox_paths))}
-
-
-def prepare_grader_process() -> None:
-    """Environment of a process that grades: nbgrader's autograde flag, a headless matplotlib, one torch thread."""
-    os.environ["NBGRADER_EXECUTION"] = "autograde"
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import torch
-    torch.set_num_threads(1)
 
 
 class CourseCheck(_WorkerPlugin):

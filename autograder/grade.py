@@ -19,7 +19,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import feedback
-from .cluster import CourseMismatch, dask_grader, prepare_grader_process
 from .gradebook import write_gradebook
 from .notebook import build_plan, parse_notebook
 from .runner import Course, Lab, TimeBudget, budget, flag_slow, grade_submission, within_budget
@@ -37,6 +36,19 @@ FIXED_COLUMNS = ["student_id", "lab", "score", "max_score", "status", "reason", 
 
 class GradingRefused(RuntimeError):
     """The run cannot start (no sandbox and no --unsafe, missing lab files, ...)."""
+
+
+class CourseMismatch(RuntimeError):
+    """A Dask worker holds another version of the course than the client (or cannot sandbox); says what differs.
+    (Here, not in :mod:`autograder.cluster`: a local run never imports dask.distributed.)"""
+
+
+def prepare_grader_process() -> None:
+    """Environment of a process that grades: nbgrader's autograde flag, a headless matplotlib, one torch thread."""
+    os.environ["NBGRADER_EXECUTION"] = "autograde"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import torch
+    torch.set_num_threads(1)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -99,6 +111,7 @@ def _grader(lab: Lab, course: Course, mode: str, jobs: int, scheduler: str | Non
             yield _LocalGrader(pool, jobs)
         return
     try:
+        from .cluster import dask_grader   # dask.distributed: only for --scheduler
         with dask_grader(scheduler, Path(worker_course or course.root), lab, course, mode) as grader:
             yield grader
     except CourseMismatch as exc:

@@ -15,6 +15,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Iterator, Protocol
 
 from tqdm import tqdm
 
@@ -91,8 +92,16 @@ def _pool_grade(student_id: str, data: bytes, mode: str, limits: Limits) -> tupl
     return student_id, grade_one(_POOL_LAB, _POOL_COURSE, student_id, data, mode, limits)
 
 
+class Grader(Protocol):
+    """Where gradings run: the local pool (:class:`_LocalGrader`) or a Dask cluster (``cluster.DaskGrader``)."""
+    slots: int     # gradings that can run at once
+    load: float    # concurrent gradings per core on the busiest host
+
+    def submit(self, student_id: str, data: bytes, mode: str, limits: Limits) -> Future: ...
+
+
 class _LocalGrader:
-    """The local process pool, behind the interface :class:`autograder.cluster.DaskGrader` also has."""
+    """The local process pool, behind the :class:`Grader` interface."""
 
     def __init__(self, pool: ProcessPoolExecutor, jobs: int) -> None:
         self.pool, self.slots, self.load = pool, jobs, jobs / (os.cpu_count() or 1)
@@ -102,7 +111,8 @@ class _LocalGrader:
 
 
 @contextlib.contextmanager
-def _grader(lab: Lab, course: Course, mode: str, jobs: int, scheduler: str | None, worker_course: Path | None):
+def _grader(lab: Lab, course: Course, mode: str, jobs: int, scheduler: str | None,
+            worker_course: Path | None) -> Iterator[Grader]:
     """The local pool of ``jobs`` processes, or (``scheduler``) the Dask cluster after its course check."""
     if scheduler is None:
         context = multiprocessing.get_context("spawn")
@@ -355,7 +365,7 @@ class _Reference:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def measure(self, grader: "_LocalGrader") -> dict:
+    def measure(self, grader: Grader) -> dict:
         result = _task_result(grader.submit("reference", self.data, self.mode, self.limits), "the reference")
         if result["status"] in BREACHES or "timing" not in result:
             raise GradingRefused(f"the reference solution of {self.lab.name} does not grade cleanly "

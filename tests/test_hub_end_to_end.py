@@ -337,3 +337,18 @@ def test_instructor_collects_through_the_instructors_group(class_run):
             assert path.stat().st_gid == grp.getgrnam(hubctl.INSTRUCTORS_GROUP).gr_gid, path
         collected = class_run.course / "submitted" / name / LAB / f"{LAB}.ipynb"
         assert collected.read_bytes() == (folder / f"{LAB}.ipynb").read_bytes()
+
+
+def test_clean_up_runs_every_step_and_reports_each_failure():
+    """One failing clean-up step (a hub that will not stop, an account that will not go) neither hides the other
+    failures nor skips the steps after it."""
+    ran = []
+
+    def fails(what):
+        ran.append(what)
+        raise OSError(f"{what} is busy")
+
+    with pytest.raises(RuntimeError) as raised:
+        hubctl.run_every_step([(fails, "hub"), (ran.append, "account"), (fails, "group"), (ran.append, "modes")])
+    assert ran == ["hub", "account", "group", "modes"]
+    assert "fails: hub is busy" in str(raised.value) and "fails: group is busy" in str(raised.value)

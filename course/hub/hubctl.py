@@ -116,15 +116,17 @@ def ensure_instructors_group() -> None:
 
 
 def create_user(name: str, password: str, instructor: bool) -> None:
-    """A system account with a private home (0700) and a password PAM accepts; instructors get the primary
-    group ``lowbit-instructors`` (what they create in the exchange is theirs and their group's)."""
+    """A system account with its own group, a private home (0700) and a password PAM accepts; instructors are also
+    members of ``lowbit-instructors``, the group that owns ``inbound/`` and so every submission in it. (A member,
+    not their primary group: groupdel refuses to delete an account's primary group, and the deleted accounts'
+    entries can linger in the enumeration groupdel checks, which left the group behind after a class.)"""
     if user_exists(name):
         raise RuntimeError(f"account {name!r} exists already: pick other names or remove it first "
                            f"(python course/hub/hubctl.py remove-users {name})")
     if instructor:
         ensure_instructors_group()
-    group = ["-g", INSTRUCTORS_GROUP] if instructor else ["-U"]
-    run("useradd", "-m", "-s", "/bin/bash", *group, name)
+    groups = ["-G", INSTRUCTORS_GROUP] if instructor else []
+    run("useradd", "-m", "-s", "/bin/bash", "-U", *groups, name)
     Path(pwd.getpwnam(name).pw_dir).chmod(0o700)
     run("chpasswd", input=f"{name}:{password}\n")
 
@@ -172,17 +174,12 @@ def remove_user(name: str) -> None:
                        + "; ".join(attempts))
 
 
-def primary_members(group: str) -> list[str]:
-    """Accounts whose primary group is ``group`` (groupdel refuses to delete such a group)."""
-    gid = grp.getgrnam(group).gr_gid
-    return [entry.pw_name for entry in pwd.getpwall() if entry.pw_gid == gid]
-
-
 def remove_group(name: str) -> None:
-    """Delete ``name`` unless an account still has it as its primary group (then it is kept, and that is fine)."""
+    """Delete the group ``name`` (no account has it as its primary group: instructors are members of it).
+    groupdel runs in a fresh process and is retried while another tool holds the lock on /etc/group."""
     attempts = []
-    for _ in range(5):
-        if not group_exists(name) or primary_members(name):
+    for _ in range(10):
+        if not group_exists(name):
             return
         result = run("groupdel", name, check=False)
         if not group_exists(name):

@@ -30,7 +30,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Iterator
 
-from .grade import CourseMismatch, prepare_grader_process
+from .grade import CourseMismatch, grade_one, prepare_grader_process
 from .runner import Course, Lab
 from .sandbox import Limits, bwrap_problem, course_package_dirs
 
@@ -62,14 +62,15 @@ def _tree_digest(folders: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def course_fingerprint(lab: Lab, course: Course) -> dict[str, str]:
+def course_fingerprint(lab: Lab, imported: dict[str, str]) -> dict[str, str]:
     """What a worker must share with the client, part by part (so a refusal can say which part differs):
-    the lab's grading fingerprint, the course packages' files, the course's sandbox packages and torch's version."""
+    the lab's grading fingerprint, ``imported`` (:func:`imported_code`: the course packages' files, the course's
+    sandbox packages) and torch's version."""
     import torch
-    return {"lab": lab.fingerprint(), **_imported_code(course), "torch": torch.__version__}
+    return {"lab": lab.fingerprint(), **imported, "torch": torch.__version__}
 
 
-def _imported_code(course: Course) -> dict[str, str]:
+def imported_code(course: Course) -> dict[str, str]:
     """Digests of the code a grading process imports once and keeps: course packages, sandbox packages."""
     return {"course packages": _tree_digest(course_package_dirs()),
             "sandbox packages": _tree_digest(list(course.sandbox_paths))}
@@ -110,7 +111,8 @@ class CourseCheck(_WorkerPlugin):
                 raise CourseMismatch(f"cannot sandbox student code: {bwrap_problem()}; install bubblewrap there")
             self.course = Course.load(self.course_root)
             self.lab = Lab.load(self.course, self.lab_name, self.secret, self.practice)
-            found = course_fingerprint(self.lab, self.course)
+            imported = imported_code(self.course)
+            found = course_fingerprint(self.lab, imported)
         except CourseMismatch as exc:
             self.problem = f"worker {where} refuses to grade: {exc}"
         except Exception as exc:  # noqa: BLE001 - anything that stops the worker loading the lab is a refusal
@@ -126,7 +128,7 @@ class CourseCheck(_WorkerPlugin):
                                 + "). Install the same course version (same commit, `make release`) on every "
                                   "worker, or point --worker-course at it.")
         if self.problem is None:
-            stale = _stale_imports(self.course)
+            stale = _stale_imports(imported)
             if stale:
                 self.problem = (f"worker {where} refuses to grade: this worker process imported other code in "
                                 f"an earlier run (its {', '.join(stale)} differ from the files now: another course, "
@@ -137,19 +139,18 @@ class CourseCheck(_WorkerPlugin):
             raise CourseMismatch(self.problem)
 
 
-def _stale_imports(course: Course) -> list[str]:
-    """The parts of the code this process imported at its first run that differ from ``course``'s now (see
-    _IMPORTED; check modules are re-imported when they change, see autograder.checks.load_check_module)."""
+def _stale_imports(imported: dict[str, str]) -> list[str]:
+    """The parts of the code this process imported at its first run that differ from ``imported``
+    (:func:`imported_code` of this run's course) and the grader code now (see _IMPORTED; check modules are
+    re-imported when they change, see autograder.checks.load_check_module)."""
     from .runner import _grader_source_bytes
-    now = {**_imported_code(course), "grader code": hashlib.sha256(_grader_source_bytes()).hexdigest()}
+    now = {**imported, "grader code": hashlib.sha256(_grader_source_bytes()).hexdigest()}
     return [part for part, value in now.items() if _IMPORTED.setdefault(part, value) != value]
 
 
 def grade_on_worker(plugin_name: str, student_id: str, data: bytes, mode: str, limits: Limits) -> tuple[str, dict]:
     """The Dask task: grade one submission with the lab the worker's :class:`CourseCheck` loaded."""
     from distributed import get_worker
-
-    from .grade import grade_one
     plugin = get_worker().plugins.get(plugin_name)
     if plugin is None or plugin.lab is None:
         raise CourseMismatch(getattr(plugin, "problem", None) or f"worker {get_worker().address} has no course "
@@ -202,7 +203,8 @@ def dask_grader(scheduler: str, worker_course: Path, lab: Lab, course: Course, m
         from distributed import Client
     except ImportError:
         raise CourseMismatch("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
-    plugin = CourseCheck(str(worker_course), lab.name, lab.secret, lab.practice, mode, course_fingerprint(lab, course))
+    expected = course_fingerprint(lab, imported_code(course))
+    plugin = CourseCheck(str(worker_course), lab.name, lab.secret, lab.practice, mode, expected)
     try:
         client = Client(scheduler, timeout="30s")
     except OSError as exc:

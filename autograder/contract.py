@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .checks import find_check_module
+from .checks import contract_file, find_check_module
 
 
 class ContractError(ValueError):
@@ -119,7 +119,7 @@ def contract_path(lab: str) -> Path | None:
     module = find_check_module(lab)
     if module is None:
         return None
-    candidate = module.with_name(f"{lab}.contract.json")
+    candidate = contract_file(module, lab)
     return candidate if candidate.is_file() else None
 
 

@@ -115,10 +115,9 @@ class Lab:
         for path in (source, released):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing; run `python -m autograder release {name}` first")
-        loaded = load_check_module(name)
-        contract = load_contract(name) if loaded is not None else None
-        checks_bytes = loaded[1] + contract.path.read_bytes() if loaded is not None else b""
-        return cls(name, source.read_bytes(), released.read_bytes(), checks_bytes,
+        checks_bytes = load_check_module(name)   # the check module's bytes and its contract's
+        contract = load_contract(name) if checks_bytes is not None else None
+        return cls(name, source.read_bytes(), released.read_bytes(), checks_bytes or b"",
                    contract.protected if contract else [], contract, secret, practice)
 
     def fingerprint(self) -> str:

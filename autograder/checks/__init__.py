@@ -35,20 +35,27 @@ def find_check_module(lab: str) -> Path | None:
     return None
 
 
-def load_check_module(lab: str) -> tuple[Path, bytes] | None:
-    """Import ``autograder.checks.<lab>`` from the file it resolves to now; return that file and its bytes, which
-    are exactly the code the grader then runs. A module already imported from another file, or from other bytes
-    (the file was edited, or another course was loaded earlier in this process), is replaced. None: no such lab."""
+def contract_file(module: Path, lab: str) -> Path:
+    """Where the contract of ``lab`` lives: ``<lab>.contract.json`` beside its check module."""
+    return module.with_name(f"{lab}.contract.json")
+
+
+def load_check_module(lab: str) -> bytes | None:
+    """Import ``autograder.checks.<lab>`` from the file it resolves to now; return that file's bytes followed by
+    its contract's, which are exactly what the grader then runs (the module reads the contract at import). A
+    module already imported from another file, or from other bytes (an edited file, another course loaded earlier
+    in this process), is replaced. None: no such lab."""
     path = find_check_module(lab)
     if path is None:
         return None
     source = path.read_bytes()
-    contract = path.with_name(f"{lab}.contract.json")   # the module reads it at import: a new one re-imports too
-    digest = hashlib.sha256(source + (contract.read_bytes() if contract.is_file() else b"")).hexdigest()
+    contract = contract_file(path, lab)
+    checks_bytes = source + (contract.read_bytes() if contract.is_file() else b"")
+    digest = hashlib.sha256(checks_bytes).hexdigest()
     name = f"{__name__}.{lab}"
     cached = sys.modules.get(name)
     if cached is not None and getattr(cached, "__source_sha256__", None) == digest and cached.__file__ == str(path):
-        return path, source
+        return checks_bytes
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     module.__source_sha256__ = digest
@@ -59,4 +66,4 @@ def load_check_module(lab: str) -> tuple[Path, bytes] | None:
         sys.modules.pop(name, None)
         raise
     setattr(sys.modules[__name__], lab, module)
-    return path, source
+    return checks_bytes

@@ -163,30 +163,27 @@ def remove_user(name: str) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.2)
-    attempts = []
-    for _ in range(5):    # userdel fails (exit 1/10) while another tool holds the lock on /etc/passwd or /etc/group
-        result = run("userdel", "-r", "-f", name, check=False)   # -r: home and mail spool (a missing spool is fine)
-        if not user_exists(name):
-            return
-        attempts.append(f"exit {result.returncode}: {result.stderr.strip()}")
-        time.sleep(0.5)
-    raise RuntimeError(f"could not delete account {name!r} (remove it with `userdel -r {name}`): "
-                       + "; ".join(attempts))
+    # -r: home and mail spool (a missing spool is fine)
+    delete_until_gone(["userdel", "-r", "-f", name], lambda: user_exists(name), f"account {name!r}", tries=5)
 
 
 def remove_group(name: str) -> None:
-    """Delete the group ``name`` (no account has it as its primary group: instructors are members of it).
-    groupdel runs in a fresh process and is retried while another tool holds the lock on /etc/group."""
+    """Delete the group ``name`` (no account has it as its primary group: instructors are members of it)."""
+    if group_exists(name):
+        delete_until_gone(["groupdel", name], lambda: group_exists(name), f"group {name!r}", tries=10)
+
+
+def delete_until_gone(command: list[str], still_there, what: str, tries: int) -> None:
+    """Run ``command`` (userdel, groupdel) until ``still_there()`` is false, 0.5 s apart: they fail (exit 1/10)
+    while another tool holds the lock on /etc/passwd or /etc/group. Raises with every attempt's error."""
     attempts = []
-    for _ in range(10):
-        if not group_exists(name):
-            return
-        result = run("groupdel", name, check=False)
-        if not group_exists(name):
+    for _ in range(tries):
+        result = run(*command, check=False)
+        if not still_there():
             return
         attempts.append(f"exit {result.returncode}: {result.stderr.strip()}")
         time.sleep(0.5)
-    raise RuntimeError(f"could not delete group {name!r} (remove it with `groupdel {name}`): " + "; ".join(attempts))
+    raise RuntimeError(f"could not delete {what} (run `{' '.join(command)}`): " + "; ".join(attempts))
 
 
 # --- the course directory and the exchange -----------------------------------------------------------------
